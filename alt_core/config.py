@@ -1,0 +1,336 @@
+"""Typed, validated run configuration.
+
+One pydantic model tree describes a whole run. The same models are the Prefect flow
+parameters, so the UI form is typed and documented. Unknown keys are rejected and
+cross-field rules are checked before any work starts; `load_config` turns every
+validation problem into a `ConfigError` that names the field, the value and what is
+allowed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be run; the message says what to change."""
+
+
+class Method(str, Enum):
+    """The alignment method. All share one pool and one trainer."""
+
+    QUARK = "quark"
+    ALT_RM = "alt_rm"
+    ALT_LMU = "alt_lmu"
+    ALT_LMC = "alt_lmc"
+    STEERLM = "steerlm"
+
+
+REWARD_METHODS = {Method.QUARK, Method.ALT_RM}
+JUDGE_METHODS = {Method.ALT_LMU, Method.ALT_LMC, Method.STEERLM}
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_enum_values=False)
+
+
+class ModelConfig(StrictModel):
+    policy: str = Field(
+        "demo",
+        description="Initial (SFT) policy: a Hugging Face hub name, a local or s3:// checkpoint "
+        "folder, or 'demo' for the built-in tiny GPT-2 that is trained on first use.",
+    )
+    reference: str | None = Field(
+        None, description="Frozen reference model for the KL term; defaults to the initial policy."
+    )
+    tokenizer: str | None = Field(None, description="Tokenizer to use; defaults to the policy's.")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="Weights dtype for sampling and evaluation ('auto': fp32 on CPU)."
+    )
+    trust_remote_code: bool = Field(False, description="Allow custom model code from the hub.")
+
+
+class DataConfig(StrictModel):
+    source: Literal["demo", "file", "hf"] = Field(
+        "demo",
+        description="Where prompts come from: 'demo' (generated review prompts), 'file' (Parquet, "
+        "JSONL or CSV files with a prompt column) or 'hf' (a datasets.load_dataset name).",
+    )
+    train_path: str | None = Field(None, description="Train prompt file (source='file').")
+    valid_path: str | None = Field(None, description="Validation prompt file (source='file').")
+    hf_dataset: str | None = Field(None, description="Dataset name or path (source='hf').")
+    train_split: str = Field("train", description="Train split name (source='hf').")
+    valid_split: str = Field("valid", description="Validation split name (source='hf').")
+    prompt_column: str = Field("prompt", description="Column holding the prompt text.")
+    prompts_per_iteration: int = Field(
+        2048, gt=0, description="Prompts drawn uniformly with replacement per iteration."
+    )
+    num_valid_prompts: int | None = Field(
+        None, gt=0, description="Use only the first N validation prompts (None: all)."
+    )
+    max_prompt_tokens: int = Field(
+        512, gt=0, description="Longer prompts are cut from the left to this many tokens."
+    )
+    demo_num_train: int = Field(4000, gt=0, description="Demo only: train prompts generated.")
+    demo_num_valid: int = Field(128, gt=0, description="Demo only: validation prompts generated.")
+
+
+class SamplingConfig(StrictModel):
+    backend: Literal["vllm", "hf"] = Field(
+        "vllm", description="Generation engine: vLLM (CPU or GPU build) or transformers' generate."
+    )
+    num_generations: int = Field(20, gt=0, description="Generations per prompt (train).")
+    temperature: float = Field(0.9, ge=0, description="Sampling temperature (train).")
+    top_p: float = Field(0.9, gt=0, le=1, description="Nucleus sampling mass (train).")
+    max_new_tokens: int = Field(64, gt=0, description="Maximum generated tokens (train).")
+    num_shards: int = Field(1, gt=0, description="Contiguous prompt shards, one engine each.")
+    concurrency: int = Field(
+        1, gt=0, description="Shards that run at once (GPU slots on GPUs, core groups on CPU)."
+    )
+    tensor_parallel_size: int = Field(1, gt=0, description="vLLM tensor parallel degree.")
+    gpu_memory_utilization: float = Field(
+        0.85, gt=0, le=1, description="vLLM's memory share for weights and KV cache on a GPU."
+    )
+    cpu_kvcache_gib: float = Field(
+        1.0, gt=0, description="CPU build only: GiB of host memory for vLLM's KV cache."
+    )
+    enforce_eager: bool = Field(True, description="Skip CUDA-graph / torch.compile warm-up.")
+    max_num_seqs: int = Field(256, gt=0, description="vLLM's cap on sequences in one batch.")
+
+
+class FeedbackConfig(StrictModel):
+    provider: Literal["sentiment", "reward_model", "rule_critic", "judge"] = Field(
+        "sentiment",
+        description="Feedback source: 'sentiment' (VADER sentiment of the continuation, the demo "
+        "reward), 'reward_model' (a scalar-head sequence classifier), 'rule_critic' (a "
+        "rule-based stand-in for an LLM judge, demo only) or 'judge' (an OpenAI-compatible LLM).",
+    )
+    reward_model: str | None = Field(None, description="Reward model name or path (reward_model).")
+    batch_size: int = Field(32, gt=0, description="Reward model batch size.")
+    max_length: int = Field(550, gt=0, description="Reward model input truncation, in tokens.")
+    num_shards: int = Field(1, gt=0, description="Feedback shards.")
+    concurrency: int = Field(1, gt=0, description="Feedback shards that run at once.")
+
+
+class DatapoolConfig(StrictModel):
+    drop_factor: float = Field(
+        1.0, ge=0, le=1, description="Share of the pool flushed each iteration (1.0: empty it)."
+    )
+    num_quantiles: int = Field(5, gt=0, description="Reward quantiles per prompt (Quark, ALT_RM).")
+    quantile_phrases: list[str] = Field(
+        default_factory=lambda: ["Excellent.", "Good.", "Mediocre.", "Bad.", "Horrible."],
+        description="ALT_RM: the feedback phrase of each quantile, best first.",
+    )
+    num_samples_per_quantile: int = Field(
+        2, gt=0, description="Quark/ALT_RM: training samples drawn per prompt and quantile."
+    )
+    num_samples_per_prompt: int = Field(
+        8, gt=0, description="ALT_LMU/LMC/SteerLM: samples per prompt, spread over buckets."
+    )
+    feedback_prefix: str | None = Field(
+        None, description="Text before the feedback (default: '' for ALT_RM, 'feedback: ' else)."
+    )
+    prompt_prefix: str = Field(" input: ", description="Text between feedback and prompt.")
+
+
+class TrainingConfig(StrictModel):
+    learning_rate: float = Field(2e-5, gt=0, description="AdamW peak learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    epochs: int = Field(2, gt=0, description="Epochs over the training set per iteration.")
+    per_device_batch_size: int = Field(8, gt=0, description="Sequences per device per step.")
+    gradient_accumulation_steps: int = Field(1, gt=0, description="Micro-batches per update.")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of steps of linear warmup.")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping (None: off).")
+    kl_coef: float = Field(0.05, ge=0, description="beta: weight of KL(reference || policy).")
+    entropy_coef: float = Field(0.06, ge=0, description="alpha: weight of the entropy bonus.")
+    unfrozen_layers_ratio: float = Field(
+        1.0, gt=0, le=1, description="Share of transformer blocks trained, counted from the top."
+    )
+    zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage.")
+    offload_optimizer: bool = Field(False, description="DeepSpeed: optimizer state on the CPU.")
+    mixed_precision: Literal["no", "fp16", "bf16"] = Field(
+        "no", description="Mixed precision (GPU only; the CPU path trains in fp32)."
+    )
+    num_processes: int = Field(1, gt=0, description="Training processes (one per GPU).")
+    max_seq_len: int = Field(1024, gt=0, description="Prompt plus response tokens, at most.")
+
+
+class EvaluationConfig(StrictModel):
+    max_new_tokens: int | None = Field(
+        None, gt=0, description="Greedy generation length (None: sampling.max_new_tokens)."
+    )
+    batch_size: int = Field(16, gt=0, description="Batch size for reference perplexity.")
+    evaluate_initial: bool = Field(True, description="Also evaluate the initial policy.")
+
+
+class StorageConfig(StrictModel):
+    cache_dir: str = Field(
+        "./runs/.cache",
+        description="Store for reusable artifacts shared by runs (the built demo model).",
+    )
+    local_scratch: str | None = Field(
+        None, description="Local folder for model copies pulled from object storage."
+    )
+
+
+class RunConfig(StrictModel):
+    name: str = Field("alt-run", description="Run name, shown in Prefect and the report.")
+    method: Method = Field(Method.ALT_RM, description="quark, alt_rm, alt_lmu, alt_lmc, steerlm.")
+    iterations: int = Field(3, gt=0, description="ALT iterations (K).")
+    seed: int = Field(0, description="Base seed; each iteration and stage derives its own.")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
+    datapool: DatapoolConfig = Field(default_factory=DatapoolConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+
+    @model_validator(mode="after")
+    def _check_cross_fields(self) -> RunConfig:
+        reward_providers = {"sentiment", "reward_model"}
+        if self.method in REWARD_METHODS and self.feedback.provider not in reward_providers:
+            raise ValueError(
+                f"method {self.method.value} needs a scalar reward: set feedback.provider to "
+                f"one of {sorted(reward_providers)} (got {self.feedback.provider!r})"
+            )
+        if self.method in JUDGE_METHODS and self.feedback.provider in reward_providers:
+            raise ValueError(
+                f"method {self.method.value} needs textual feedback: set feedback.provider to "
+                f"'judge' or 'rule_critic' (got {self.feedback.provider!r})"
+            )
+        if self.feedback.provider == "reward_model" and not self.feedback.reward_model:
+            raise ValueError("feedback.reward_model is required when feedback.provider=reward_model")
+        if self.method == Method.ALT_RM and len(self.datapool.quantile_phrases) != (
+            self.datapool.num_quantiles
+        ):
+            raise ValueError(
+                f"datapool.quantile_phrases has {len(self.datapool.quantile_phrases)} phrases but "
+                f"datapool.num_quantiles is {self.datapool.num_quantiles}: give one per quantile"
+            )
+        if self.data.source == "file" and not (self.data.train_path and self.data.valid_path):
+            raise ValueError("data.source=file needs data.train_path and data.valid_path")
+        if self.data.source == "hf" and not self.data.hf_dataset:
+            raise ValueError("data.source=hf needs data.hf_dataset")
+        if self.data.source == "demo" and self.model.policy != "demo":
+            raise ValueError(
+                "data.source=demo goes with model.policy=demo (the demo model knows the demo "
+                "prompts); point data.source at your prompts to train another model"
+            )
+        return self
+
+    def feedback_prefix(self) -> str:
+        if self.datapool.feedback_prefix is not None:
+            return self.datapool.feedback_prefix
+        return "" if self.method == Method.ALT_RM else "feedback: "
+
+    def section_hash(self, *sections: str) -> str:
+        """A short, stable hash of the named config sections (dotted paths allowed)."""
+        dumped = self.model_dump(mode="json")
+        picked = {s: _get_path(dumped, s) for s in sections}
+        blob = json.dumps(picked, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def _get_path(tree: dict[str, Any], dotted: str) -> Any:
+    node: Any = tree
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def _read_yaml(path: Path, what: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{what} not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} {path} is not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {path} must hold a mapping of settings, got {type(data).__name__}")
+    return data
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Parse `a.b.c=value`; the value is read as YAML (numbers, booleans, lists, null)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {item!r} must look like key=value, e.g. training.epochs=1")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        path, value = parse_override(item)
+        node = data
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    lines = [f"invalid configuration ({exc.error_count()} problem(s)):"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  {loc}: unknown setting (check the spelling; see `alt config --help`)")
+        elif err["type"] in ("model_type", "dict_type"):
+            lines.append(f"  {loc}: must be a mapping of settings, got {err.get('input')!r}")
+        else:
+            lines.append(f"  {loc}: {msg} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+def validate_config(data: dict[str, Any]) -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+
+
+def load_config(
+    preset: str | None = None, config_file: str | None = None, overrides: list[str] | None = None
+) -> RunConfig:
+    """Build a RunConfig from a preset or a YAML file, then `key=value` overrides."""
+    if preset and config_file:
+        raise ConfigError("give either --preset or --config, not both")
+    data: dict[str, Any] = {}
+    if preset:
+        path = PRESET_DIR / f"{preset}.yaml"
+        if not path.is_file():
+            raise ConfigError(
+                f"unknown preset {preset!r}; available presets: {', '.join(list_presets())}"
+            )
+        data = _read_yaml(path, "preset")
+    elif config_file:
+        data = _read_yaml(Path(config_file), "config file")
+    return validate_config(apply_overrides(data, list(overrides or [])))
+
+
+def dump_config(config: RunConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
