@@ -218,6 +218,12 @@ class RunConfig(StrictModel):
                 f"datapool.quantile_phrases has {len(self.datapool.quantile_phrases)} phrases but "
                 f"datapool.num_quantiles is {self.datapool.num_quantiles}: give one per quantile"
             )
+        if self.sampling.num_shards > self.data.prompts_per_iteration:
+            raise ValueError(
+                f"sampling.num_shards ({self.sampling.num_shards}) is larger than "
+                f"data.prompts_per_iteration ({self.data.prompts_per_iteration}): every shard "
+                "needs at least one prompt; lower sampling.num_shards"
+            )
         if self.data.source == "file" and not (self.data.train_path and self.data.valid_path):
             raise ValueError("data.source=file needs data.train_path and data.valid_path")
         if self.data.source == "hf" and not self.data.hf_dataset:

@@ -1,0 +1,85 @@
+"""Entry point of shard processes: `python -m alt_core.worker KIND SPEC.json`.
+
+KIND is `sample`, `feedback` or `perplexity`. The parent (`alt_core.procs.run_worker`)
+streams this process's output and reads the JSON result from its last line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from alt_core import store
+from alt_core.procs import emit_result
+
+
+def _threads_from_slot() -> None:
+    n = os.environ.get("ALT_NUM_THREADS")
+    if n:
+        import torch
+
+        torch.set_num_threads(int(n))
+
+
+def run_sample(spec: dict[str, Any]) -> dict[str, Any]:
+    from alt_core.sampling import SampleSpec, sample_shard
+
+    return sample_shard(SampleSpec.from_dict(spec))
+
+
+def run_feedback(spec: dict[str, Any]) -> dict[str, Any]:
+    """Score one samples shard with the configured provider and commit the result."""
+    from alt_core.config import RunConfig
+    from alt_core.feedback import get_provider
+    from alt_core.schemas import FEEDBACK
+
+    config = RunConfig.model_validate(spec["config"])
+    samples = store.read_table(spec["input_uri"])
+    t0 = time.perf_counter()
+    provider = get_provider(config)
+    scored = provider.score(samples)
+    out = samples.copy()
+    for col in FEEDBACK:
+        if col not in out.columns:
+            out[col] = scored[col].to_numpy() if col in scored.columns else None
+    store.write_table(spec["output_uri"], out[FEEDBACK])
+    missing = int(out["reward"].isna().sum())
+    stats = getattr(provider, "last_stats", {}) or {}
+    return {"rows": len(out), "missing": missing, "seconds": round(time.perf_counter() - t0, 2),
+            **{f"judge_{k}": v for k, v in stats.items()}}
+
+
+def run_perplexity(spec: dict[str, Any]) -> dict[str, Any]:
+    from alt_core.evaluation import reference_nll
+
+    df = store.read_table(spec["input_uri"])
+    nll, count = reference_nll(
+        spec["reference_path"], df["prompt"].tolist(), df["generation"].tolist(),
+        spec.get("batch_size", 16),
+    )
+    df["ref_nll"] = nll
+    df["ref_tokens"] = count
+    store.write_table(spec["output_uri"], df)
+    return {"rows": len(df)}
+
+
+KINDS = {"sample": run_sample, "feedback": run_feedback, "perplexity": run_perplexity}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2 or argv[0] not in KINDS:
+        print(f"usage: python -m alt_core.worker {{{','.join(KINDS)}}} SPEC.json", file=sys.stderr)
+        return 2
+    _threads_from_slot()
+    with open(argv[1]) as fh:
+        spec = json.load(fh)
+    emit_result(KINDS[argv[0]](spec))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

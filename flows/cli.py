@@ -1,0 +1,169 @@
+"""The `alt` command line: run, resume, inspect configs and presets.
+
+    alt run --preset demo                       # the built-in CPU demo
+    alt run --preset demo method=quark iterations=2
+    alt run --config my.yaml --run-dir s3://bucket/runs/exp1 training.learning_rate=1e-5
+    alt resume RUN_DIR                          # finish a run, redoing only what is missing
+    alt config --preset demo                    # print the resolved configuration
+    alt presets                                 # list the presets
+
+Bad input (config, preset, prompt files) is reported before the run folder is created,
+so a refused run leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import os
+import sys
+from typing import Any
+
+from alt_core import store
+from alt_core.config import (
+    ConfigError,
+    RunConfig,
+    dump_config,
+    list_presets,
+    load_config,
+    validate_config,
+)
+from alt_core.store import RunLayout
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="alt", description="ALT alignment pipeline")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="start (or continue) a run")
+    src = run.add_mutually_exclusive_group()
+    src.add_argument("--preset", help=f"a built-in preset: {', '.join(list_presets())}")
+    src.add_argument("--config", help="a YAML config file")
+    run.add_argument("--run-dir", help="run folder or s3:// URI (default: ./runs/NAME-TIME)")
+    run.add_argument("overrides", nargs="*", help="key=value settings, e.g. training.epochs=1")
+
+    resume = sub.add_parser("resume", help="finish a run, redoing only what is missing")
+    resume.add_argument("run_dir")
+
+    cfg = sub.add_parser("config", help="print the resolved configuration")
+    src = cfg.add_mutually_exclusive_group()
+    src.add_argument("--preset")
+    src.add_argument("--config")
+    cfg.add_argument("overrides", nargs="*")
+
+    sub.add_parser("presets", help="list the built-in presets")
+    return p
+
+
+def _default_run_dir(config: RunConfig) -> str:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return os.path.abspath(os.path.join("runs", f"{config.name}-{stamp}"))
+
+
+def preflight(config: RunConfig) -> None:
+    """Check what can be checked before any work starts: the prompt sets load."""
+    if config.data.source == "demo":
+        return
+    from alt_core.data import load_prompts
+
+    for split in ("train", "valid"):
+        load_prompts(config, split)
+
+
+def existing_config(run_dir: str) -> RunConfig | None:
+    layout = RunLayout(run_dir)
+    if not store.exists(layout.config):
+        return None
+    import yaml
+
+    return validate_config(yaml.safe_load(store.read_bytes(layout.config)))
+
+
+def check_same_config(run_dir: str, config: RunConfig) -> None:
+    previous = existing_config(run_dir)
+    if previous is None or previous == config:
+        return
+    old, new = previous.model_dump(mode="json"), config.model_dump(mode="json")
+    changed = sorted(_diff(old, new))
+    raise ConfigError(
+        f"{run_dir} holds a run with a different configuration (changed: {', '.join(changed)}). "
+        "Use `alt resume RUN_DIR` to finish it as configured, or choose a new --run-dir."
+    )
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: list[str] = []
+        for key in sorted(set(a) | set(b)):
+            out += _diff(a.get(key), b.get(key), f"{prefix}{key}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from flows.run import metrics_rows
+
+    formatted = metrics_rows(rows)
+    table = Table(title="ALT metrics per iteration (iteration 0 = initial policy)")
+    for col in formatted[0] if formatted else []:
+        table.add_column(col, justify="right")
+    for row in formatted:
+        table.add_row(*row.values())
+    Console(width=max(120, Console().width)).print(table)
+
+
+def execute(config: RunConfig, run_dir: str) -> int:
+    from flows.run import alt_run
+
+    logging.getLogger("alt").info("run dir: %s", run_dir)
+    try:
+        rows = alt_run(config=config, run_dir=run_dir)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; resume with: alt resume {run_dir}", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - report any stage failure the same way
+        print(f"\nerror: the run failed: {exc}", file=sys.stderr)
+        print(f"finished work is kept; resume with: alt resume {run_dir}", file=sys.stderr)
+        print(f"run dir: {run_dir}")
+        return 1
+    print_table(rows)
+    print(f"metrics: {RunLayout(run_dir).metrics}")
+    print(f"run dir: {run_dir}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "presets":
+            print("\n".join(list_presets()))
+            return 0
+        if args.command == "config":
+            config = load_config(args.preset, args.config, args.overrides)
+            print(dump_config(config), end="")
+            return 0
+        if args.command == "resume":
+            config = existing_config(args.run_dir)
+            if config is None:
+                raise ConfigError(f"{args.run_dir} holds no run (no config.yaml); check the path")
+            return execute(config, args.run_dir)
+        preset = args.preset or (None if args.config else "demo")
+        config = load_config(preset, args.config, args.overrides)
+        preflight(config)
+        run_dir = args.run_dir or _default_run_dir(config)
+        if not store.is_remote(run_dir):
+            run_dir = os.path.abspath(run_dir)
+        check_same_config(run_dir, config)
+        return execute(config, run_dir)
+    except (ConfigError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -1,0 +1,64 @@
+"""The parent flow: K ALT iterations over one run folder, then the metrics table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+from prefect.artifacts import create_table_artifact
+
+from alt_core import store
+from alt_core.config import RunConfig
+from alt_core.store import RunLayout
+from flows.iteration import alt_iteration, evaluate_policy
+from tasks_lib import stages
+from tasks_lib.common import artifact_key
+
+TABLE_COLUMNS = [
+    ("iteration", "iter", "{:d}"),
+    ("train_reward_mean", "train reward", "{:+.3f}"),
+    ("train_reward_std", "train sd", "{:.3f}"),
+    ("valid_reward_mean", "valid reward", "{:+.3f}"),
+    ("valid_reward_sem", "valid sem", "{:.3f}"),
+    ("valid_perplexity", "ref ppl", "{:.2f}"),
+    ("train_loss", "loss", "{:.3f}"),
+    ("train_sample_s", "sample s", "{:.0f}"),
+    ("train_feedback_s", "feedback s", "{:.0f}"),
+    ("train_s", "train s", "{:.0f}"),
+    ("eval_s", "eval s", "{:.0f}"),
+]
+
+
+def format_cell(value: Any, fmt: str) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "-"
+    try:
+        return fmt.format(value)
+    except (ValueError, TypeError):
+        return str(value)
+
+
+def metrics_rows(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
+    return [
+        {label: format_cell(row.get(key), fmt) for key, label, fmt in TABLE_COLUMNS} for row in rows
+    ]
+
+
+@flow(name="alt-run", log_prints=True)
+def alt_run(config: RunConfig, run_dir: str) -> list[dict[str, Any]]:
+    """A full ALT run: evaluate the initial policy, then K iterations."""
+    layout = RunLayout(run_dir)
+    inputs = stages.prepare_run(config, run_dir)
+    rows: list[dict[str, Any]] = []
+    if config.evaluation.evaluate_initial:
+        initial = evaluate_policy(config, run_dir, 0, inputs["policy_uri"], inputs)
+        rows.append({"iteration": 0, **initial})
+    for k in range(1, config.iterations + 1):
+        rows.append(alt_iteration(config, run_dir, k, inputs))
+    store.write_json(layout.metrics, {"run_dir": run_dir, "iterations": rows})
+    create_table_artifact(
+        table=metrics_rows(rows),
+        key=artifact_key("alt-metrics", config.name),
+        description=f"Per-iteration metrics of {run_dir} (iteration 0: the initial policy)",
+    )
+    return rows

@@ -1,0 +1,210 @@
+"""Prefect tasks, one per stage: each calls one `alt_core` entry point and returns URIs.
+
+A task whose outputs are already committed returns them without redoing the work, so
+rerunning a flow over the same run folder (a retry from the UI, `alt resume`, a new flow
+run) redoes only what is missing. Keys are the artifact paths, which depend on the run,
+iteration, stage and shard, never on the flow-run id.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from alt_core import pipeline, store
+from alt_core.config import RunConfig, dump_config
+from alt_core.procs import run_worker
+from alt_core.store import RunLayout
+from tasks_lib.common import WORKER_ENV, logger, progress, slot_pool, worker_log
+
+STAGE_RETRIES = 1
+
+
+def resolve_model(uri: str, config: RunConfig) -> str:
+    """A path the engines can load: committed store folders are made local, anything
+    else (a hub name, a plain local checkpoint) is passed through."""
+    if store.dir_committed(uri):
+        return str(store.local_dir(uri, config.storage.local_scratch))
+    return uri
+
+
+@task(name="prepare-run", cache_policy=NO_CACHE, retries=STAGE_RETRIES)
+def prepare_run(config: RunConfig, run_dir: str) -> dict[str, str]:
+    """Record the config and resolve the starting model and prompt sets."""
+    layout = RunLayout(run_dir)
+    if not store.exists(layout.config):
+        store.write_bytes_atomic(layout.config, dump_config(config).encode())
+    if config.data.source == "demo":
+        from alt_core.demo import ensure_demo_assets
+
+        assets = ensure_demo_assets(
+            config.storage.cache_dir,
+            config.data.demo_num_train,
+            config.data.demo_num_valid,
+            seed=0,
+            log=logger().info,
+        )
+        inputs = pipeline.RunInputs(
+            policy_uri=assets.model_uri,
+            reference_uri=assets.model_uri,
+            train_prompts_uri=assets.train_prompts_uri,
+            valid_prompts_uri=assets.valid_prompts_uri,
+        )
+    else:
+        from alt_core.data import load_prompts
+
+        uris = {}
+        for split in ("train", "valid"):
+            uri = store.join(run_dir, "data", f"{split}_prompts.parquet")
+            if not store.is_committed(uri):
+                store.write_table(uri, load_prompts(config, split))
+            uris[split] = uri
+        inputs = pipeline.RunInputs(
+            policy_uri=config.model.policy,
+            reference_uri=config.model.reference or config.model.policy,
+            train_prompts_uri=uris["train"],
+            valid_prompts_uri=uris["valid"],
+        )
+    if config.data.num_valid_prompts and config.data.source == "demo":
+        valid = store.read_table(inputs.valid_prompts_uri).head(config.data.num_valid_prompts)
+        inputs.valid_prompts_uri = store.join(run_dir, "data", "valid_prompts.parquet")
+        if not store.is_committed(inputs.valid_prompts_uri):
+            store.write_table(inputs.valid_prompts_uri, valid)
+    return inputs.to_dict()
+
+
+@task(name="draw-prompts", cache_policy=NO_CACHE, retries=STAGE_RETRIES)
+def draw_prompts(config: RunConfig, run_dir: str, iteration: int, inputs: dict) -> str:
+    layout = RunLayout(run_dir)
+    uri = layout.table(iteration, "prompts", "prompts")
+    if store.is_committed(uri):
+        return uri
+    return pipeline.draw_iteration_prompts(config, layout, pipeline.RunInputs(**inputs), iteration)
+
+
+@task(name="eval-prompts", cache_policy=NO_CACHE, retries=STAGE_RETRIES)
+def eval_prompts(config: RunConfig, run_dir: str, iteration: int, inputs: dict) -> str:
+    layout = RunLayout(run_dir)
+    uri = layout.table(iteration, "eval", "prompts")
+    if store.is_committed(uri):
+        return uri
+    valid = store.read_table(inputs["valid_prompts_uri"])
+    exemplar = pipeline.eval_exemplar(config, layout, iteration)
+    return pipeline.write_prompts(config, valid, exemplar, uri)
+
+
+@task(name="sample-shard", cache_policy=NO_CACHE, retries=STAGE_RETRIES, retry_delay_seconds=5)
+def sample_shard(config: RunConfig, spec: dict[str, Any], name: str) -> dict[str, Any]:
+    """Generate one shard in its own process, in a device slot of its own."""
+    if store.is_committed(spec["output_uri"]):
+        return {"uri": spec["output_uri"], "skipped": True}
+    s = config.sampling
+    pool = slot_pool("sample", s.concurrency, s.tensor_parallel_size)
+    spec = {**spec, "model_path": resolve_model(spec["model_path"], config)}
+    with pool.slot() as env:
+        result = run_worker(
+            ["alt_core.worker", "sample"], spec, name=name, env={**WORKER_ENV, **env},
+            log=worker_log(name),
+        )
+    logger().info(f"{name}: {result}")
+    return {"uri": spec["output_uri"], **result}
+
+
+@task(name="feedback-shard", cache_policy=NO_CACHE, retries=STAGE_RETRIES, retry_delay_seconds=5)
+def feedback_shard(config: RunConfig, spec: dict[str, Any], name: str) -> dict[str, Any]:
+    """Score one samples shard in its own process (reward model, judge or scorer)."""
+    if store.is_committed(spec["output_uri"]):
+        return {"uri": spec["output_uri"], "skipped": True}
+    pool = slot_pool("feedback", config.feedback.concurrency)
+    with pool.slot() as env:
+        result = run_worker(
+            ["alt_core.worker", "feedback"], spec, name=name, env={**WORKER_ENV, **env},
+            log=worker_log(name),
+        )
+    logger().info(f"{name}: {result}")
+    return {"uri": spec["output_uri"], **result}
+
+
+@task(name="update-datapool", cache_policy=NO_CACHE, retries=STAGE_RETRIES)
+def update_datapool(
+    config: RunConfig, run_dir: str, iteration: int, feedback_uris: list[str]
+) -> dict[str, Any]:
+    layout = RunLayout(run_dir)
+    pool_uri = layout.table(iteration, "datapool", "pool")
+    train_uri = layout.table(iteration, "datapool", "train")
+    if store.is_committed(pool_uri) and store.is_committed(train_uri):
+        from alt_core.datapool import pool_stats
+
+        stats = pool_stats(store.read_table(pool_uri))
+        return {"pool_uri": pool_uri, "train_uri": train_uri, "stats": stats}
+    return pipeline.update_datapool(config, layout, iteration, feedback_uris)
+
+
+@task(name="train-policy", cache_policy=NO_CACHE, retries=STAGE_RETRIES, retry_delay_seconds=5)
+def train_policy(
+    config: RunConfig, run_dir: str, iteration: int, train_uri: str, policy_in: str,
+    reference: str,
+) -> dict[str, Any]:
+    """Conditional SFT of the policy of iteration k-1 into the policy of iteration k."""
+    from alt_core.training import TrainSpec, launch_training
+
+    out_uri = RunLayout(run_dir).policy(iteration)
+    if store.dir_committed(out_uri):
+        return {"uri": out_uri, "skipped": True, **_train_summary(out_uri)}
+    remote = store.is_remote(out_uri)
+    local_out = Path(tempfile.mkdtemp(prefix="alt-policy-")) if remote else Path(f"{out_uri}.partial")
+    shutil.rmtree(local_out, ignore_errors=True)
+    spec = TrainSpec(
+        policy_path=resolve_model(policy_in, config),
+        reference_path=resolve_model(reference, config) if config.training.kl_coef > 0 else None,
+        train_table=train_uri,
+        output_dir=str(local_out),
+        training=config.training,
+        added_tokens=pipeline.added_tokens(config),
+        seed=pipeline.stage_seed(config, iteration, "train"),
+    )
+    update = progress(f"train-iter-{iteration}", f"training, iteration {iteration}")
+    pool = slot_pool("train", 1, config.training.num_processes)
+    with pool.slot() as env:
+        summary = launch_training(spec, env={**WORKER_ENV, **env}, log=worker_log("train", update))
+    if remote:
+        store.put_dir(local_out, out_uri, meta={"iteration": iteration})
+        shutil.rmtree(local_out, ignore_errors=True)
+    else:
+        if os.path.exists(out_uri):
+            shutil.rmtree(out_uri)
+        os.replace(local_out, out_uri)
+        store.put_dir(out_uri, out_uri, meta={"iteration": iteration})
+    update(100.0)
+    return {"uri": out_uri, **summary}
+
+
+def _train_summary(policy_uri: str) -> dict[str, Any]:
+    uri = store.join(policy_uri, "train_metrics.json")
+    if not store.exists(uri):
+        return {}
+    return store.read_json(uri).get("summary", {})
+
+
+@task(name="reference-perplexity", cache_policy=NO_CACHE, retries=STAGE_RETRIES)
+def reference_perplexity(config: RunConfig, input_uri: str, output_uri: str, reference: str) -> str:
+    if store.is_committed(output_uri):
+        return output_uri
+    spec = {
+        "input_uri": input_uri,
+        "output_uri": output_uri,
+        "reference_path": resolve_model(reference, config),
+        "batch_size": config.evaluation.batch_size,
+    }
+    with slot_pool("feedback", config.feedback.concurrency).slot() as env:
+        run_worker(
+            ["alt_core.worker", "perplexity"], spec, name="perplexity",
+            env={**WORKER_ENV, **env}, log=worker_log("perplexity"),
+        )
+    return output_uri
