@@ -117,8 +117,9 @@ class FeedbackConfig(StrictModel):
     reward_model: str | None = Field(None, description="Reward model name or path (reward_model).")
     batch_size: int = Field(32, gt=0, description="Reward model batch size.")
     max_length: int = Field(550, gt=0, description="Reward model input truncation, in tokens.")
-    num_shards: int = Field(1, gt=0, description="Feedback shards.")
-    concurrency: int = Field(1, gt=0, description="Feedback shards that run at once.")
+    concurrency: int = Field(
+        1, gt=0, description="Feedback shards (one per sampling shard) that run at once."
+    )
 
 
 class DatapoolConfig(StrictModel):
@@ -210,7 +211,9 @@ class RunConfig(StrictModel):
                 f"'judge' or 'rule_critic' (got {self.feedback.provider!r})"
             )
         if self.feedback.provider == "reward_model" and not self.feedback.reward_model:
-            raise ValueError("feedback.reward_model is required when feedback.provider=reward_model")
+            raise ValueError(
+                "feedback.reward_model is required when feedback.provider=reward_model"
+            )
         if self.method == Method.ALT_RM and len(self.datapool.quantile_phrases) != (
             self.datapool.num_quantiles
         ):
@@ -269,7 +272,9 @@ def _read_yaml(path: Path, what: str) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{what} {path} must hold a mapping of settings, got {type(data).__name__}")
+        raise ConfigError(
+            f"{what} {path} must hold a mapping of settings, got {type(data).__name__}"
+        )
     return data
 
 

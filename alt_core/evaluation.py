@@ -53,11 +53,15 @@ def reference_nll(
             labels[i, pw : pw + len(g)] = torch.tensor(g, dtype=torch.long)
         position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
         with torch.no_grad():
-            logits = model(
-                input_ids=ids.to(device),
-                attention_mask=attn.to(device),
-                position_ids=position_ids.to(device),
-            ).logits[:, :-1].float()
+            logits = (
+                model(
+                    input_ids=ids.to(device),
+                    attention_mask=attn.to(device),
+                    position_ids=position_ids.to(device),
+                )
+                .logits[:, :-1]
+                .float()
+            )
         target = labels[:, 1:].to(device)
         mask = target != -100
         logp = torch.log_softmax(logits, -1).gather(-1, target.clamp(min=0).unsqueeze(-1))

@@ -11,6 +11,7 @@ salt, so a rerun of a stage draws exactly what the first run drew.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,15 +85,22 @@ def eval_exemplar(config: RunConfig, layout: RunLayout, iteration: int) -> str |
 
 
 def write_prompts(
-    config: RunConfig, prompts: pd.DataFrame, exemplar: str | None, uri: str
+    config: RunConfig, prompts: pd.DataFrame, exemplar: str | None, uri: str, fingerprint: str
 ) -> str:
     df = prompts[["prompt_id", "prompt"]].reset_index(drop=True).copy()
     df["query"] = condition_prompts(config, df["prompt"], exemplar)
-    return store.write_table(uri, df[PROMPTS], meta={"exemplar": exemplar})
+    return store.write_table(
+        uri, df[PROMPTS], meta={"exemplar": exemplar, "fingerprint": fingerprint}
+    )
 
 
 def draw_iteration_prompts(
-    config: RunConfig, layout: RunLayout, inputs: RunInputs, iteration: int
+    config: RunConfig,
+    inputs: RunInputs,
+    iteration: int,
+    exemplar: str | None,
+    uri: str,
+    fingerprint: str,
 ) -> str:
     from alt_core.data import draw_prompts
 
@@ -100,15 +108,14 @@ def draw_iteration_prompts(
     drawn = draw_prompts(
         train, config.data.prompts_per_iteration, stage_seed(config, iteration, "prompts")
     )
-    exemplar = exemplar_for(config, layout, iteration)
-    return write_prompts(config, drawn, exemplar, layout.table(iteration, "prompts", "prompts"))
+    return write_prompts(config, drawn, exemplar, uri, fingerprint)
 
 
 def sample_specs(
     config: RunConfig,
     prompts_uri: str,
     model_path: str,
-    out_uri: callable,
+    out_uri: Callable[[int], str],
     *,
     seed: int,
     greedy: bool,
@@ -151,10 +158,10 @@ def sample_specs(
 
 
 def feedback_specs(
-    config: RunConfig, sample_uris: list[str], out_uri: callable
+    config: RunConfig, sample_uris: list[str], out_uri: Callable[[int], str]
 ) -> list[dict[str, Any]]:
-    """One feedback shard per sampling shard (they share the prompt split), or the
-    samples regrouped into `feedback.num_shards` when that differs."""
+    """One feedback shard per sampling shard: each starts as soon as its samples are
+    committed, so feedback overlaps with the sampling of the other shards."""
     cfg = config.model_dump(mode="json")
     return [
         {"config": cfg, "input_uri": uri, "output_uri": out_uri(i)}
@@ -163,7 +170,11 @@ def feedback_specs(
 
 
 def update_datapool(
-    config: RunConfig, layout: RunLayout, iteration: int, feedback_uris: list[str]
+    config: RunConfig,
+    layout: RunLayout,
+    iteration: int,
+    feedback_uris: list[str],
+    fingerprint: str,
 ) -> dict[str, Any]:
     """Flush, add, re-bucket and draw the balanced training set; commit pool and set."""
     from alt_core.datapool import draw_training_set, pool_stats, update_pool
@@ -182,8 +193,9 @@ def update_datapool(
             f"iteration {iteration}: the training set is empty (every generation lacked "
             f"feedback: {int(new_rows['reward'].isna().sum())} of {len(new_rows)} missing)"
         )
-    pool_uri = store.write_table(layout.table(iteration, "datapool", "pool"), pool)
-    train_uri = store.write_table(layout.table(iteration, "datapool", "train"), train)
+    meta = {"fingerprint": fingerprint}
+    pool_uri = store.write_table(layout.table(iteration, "datapool", "pool"), pool, meta=meta)
+    train_uri = store.write_table(layout.table(iteration, "datapool", "train"), train, meta=meta)
     return {"pool_uri": pool_uri, "train_uri": train_uri, "stats": pool_stats(pool)}
 
 

@@ -61,6 +61,7 @@ class SampleSpec:
     params: GenerationParams = field(default_factory=GenerationParams)
     engine: EngineSettings = field(default_factory=EngineSettings)
     backend: str = "vllm"
+    fingerprint: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -93,7 +94,9 @@ class VLLMBackend:
     def __init__(self, model_path: str, engine: EngineSettings, seed: int):
         if not _on_gpu():
             # The CPU build sizes its KV cache from this variable, not from the GPU share.
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(engine.cpu_kvcache_gib))))
+            os.environ.setdefault(
+                "VLLM_CPU_KVCACHE_SPACE", str(max(1, int(engine.cpu_kvcache_gib)))
+            )
         from vllm import LLM
 
         self.llm = LLM(
@@ -127,10 +130,7 @@ class VLLMBackend:
         prompts = [{"prompt_token_ids": ids} for ids in prompt_ids]
         outputs = self.llm.generate(prompts, sps, use_tqdm=False)
         return [
-            [
-                Generation(o.text, len(o.token_ids), o.finish_reason == "length")
-                for o in out.outputs
-            ]
+            [Generation(o.text, len(o.token_ids), o.finish_reason == "length") for o in out.outputs]
             for out in outputs
         ]
 
@@ -211,7 +211,9 @@ def sample_shard(spec: SampleSpec, log=print) -> dict[str, Any]:
     prompts = store.read_table(spec.prompts_uri).iloc[spec.start : spec.stop]
     require_columns(prompts, PROMPTS, spec.prompts_uri)
     tokenizer = AutoTokenizer.from_pretrained(spec.model_path)
-    prompt_ids = tokenize_queries(tokenizer, prompts["query"].tolist(), spec.params.max_prompt_tokens)
+    prompt_ids = tokenize_queries(
+        tokenizer, prompts["query"].tolist(), spec.params.max_prompt_tokens
+    )
     seeds = [spec.seed * 1_000_003 + spec.start + i for i in range(len(prompts))]
     t0 = time.perf_counter()
     backend = make_backend(spec)
@@ -220,7 +222,7 @@ def sample_shard(spec: SampleSpec, log=print) -> dict[str, Any]:
     generations = backend.generate(prompt_ids, spec.params, seeds)
     t2 = time.perf_counter()
     df = samples_frame(prompts.reset_index(drop=True), generations)
-    store.write_table(spec.output_uri, df)
+    store.write_table(spec.output_uri, df, meta={"fingerprint": spec.fingerprint})
     tokens = int(df["num_tokens"].sum())
     return {
         "rows": len(df),

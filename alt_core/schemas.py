@@ -18,13 +18,31 @@ SAMPLES = [*PROMPTS, "sample_idx", "generation", "num_tokens", "truncated"]
 FEEDBACK = [*SAMPLES, "reward", "feedback", "score", "analysis", "missing_reason"]
 # The datapool: what survives across iterations, with the bucket it falls in
 # (quantile index, score or category index; 0 is always the best).
-POOL = ["prompt_id", "prompt", "generation", "truncated", "reward", "feedback", "score",
-        "bucket", "iteration"]
+POOL = [
+    "prompt_id",
+    "prompt",
+    "generation",
+    "truncated",
+    "reward",
+    "feedback",
+    "score",
+    "bucket",
+    "iteration",
+]
 # The training set of one iteration.
 TRAIN = ["prompt_id", "query", "reference_query", "response", "append_eos", "bucket"]
 # Evaluation rows (greedy generations on validation prompts).
-EVAL = ["prompt_id", "prompt", "query", "generation", "num_tokens", "truncated", "reward",
-        "ref_nll", "ref_tokens"]
+EVAL = [
+    "prompt_id",
+    "prompt",
+    "query",
+    "generation",
+    "num_tokens",
+    "truncated",
+    "reward",
+    "ref_nll",
+    "ref_tokens",
+]
 
 
 class SchemaError(ValueError):

@@ -45,11 +45,17 @@ def run_feedback(spec: dict[str, Any]) -> dict[str, Any]:
     for col in FEEDBACK:
         if col not in out.columns:
             out[col] = scored[col].to_numpy() if col in scored.columns else None
-    store.write_table(spec["output_uri"], out[FEEDBACK])
+    store.write_table(
+        spec["output_uri"], out[FEEDBACK], meta={"fingerprint": spec.get("fingerprint", "")}
+    )
     missing = int(out["reward"].isna().sum())
     stats = getattr(provider, "last_stats", {}) or {}
-    return {"rows": len(out), "missing": missing, "seconds": round(time.perf_counter() - t0, 2),
-            **{f"judge_{k}": v for k, v in stats.items()}}
+    return {
+        "rows": len(out),
+        "missing": missing,
+        "seconds": round(time.perf_counter() - t0, 2),
+        **{f"judge_{k}": v for k, v in stats.items()},
+    }
 
 
 def run_perplexity(spec: dict[str, Any]) -> dict[str, Any]:
@@ -57,12 +63,14 @@ def run_perplexity(spec: dict[str, Any]) -> dict[str, Any]:
 
     df = store.read_table(spec["input_uri"])
     nll, count = reference_nll(
-        spec["reference_path"], df["prompt"].tolist(), df["generation"].tolist(),
+        spec["reference_path"],
+        df["prompt"].tolist(),
+        df["generation"].tolist(),
         spec.get("batch_size", 16),
     )
     df["ref_nll"] = nll
     df["ref_tokens"] = count
-    store.write_table(spec["output_uri"], df)
+    store.write_table(spec["output_uri"], df, meta={"fingerprint": spec.get("fingerprint", "")})
     return {"rows": len(df)}
 
 

@@ -16,16 +16,24 @@ from tasks_lib.common import logger
 
 
 def _sample_then_feedback(
-    config: RunConfig, layout: RunLayout, iteration: int, stage: str, prompts_uri: str,
-    model_uri: str, greedy: bool,
+    config: RunConfig,
+    layout: RunLayout,
+    iteration: int,
+    stage: str,
+    prompts_uri: str,
+    model_uri: str,
+    greedy: bool,
 ) -> tuple[list[dict], list[dict], dict[str, float]]:
     """Sampling shards, each followed by its feedback shard as soon as it is done."""
     num_rows = store.commit_info(prompts_uri)["rows"]
     specs = pipeline.sample_specs(
-        config, prompts_uri, model_uri,
+        config,
+        prompts_uri,
+        model_uri,
         lambda i: layout.shard(iteration, f"{stage}_samples", i),
         seed=pipeline.stage_seed(config, iteration, f"{stage}-sample"),
-        greedy=greedy, num_rows=num_rows,
+        greedy=greedy,
+        num_rows=num_rows,
     )
     t0 = time.perf_counter()
     sample_futs = [
@@ -33,7 +41,9 @@ def _sample_then_feedback(
         for i, spec in enumerate(specs)
     ]
     fb_specs = pipeline.feedback_specs(
-        config, [s.output_uri for s in specs], lambda i: layout.shard(iteration, f"{stage}_feedback", i)
+        config,
+        [s.output_uri for s in specs],
+        lambda i: layout.shard(iteration, f"{stage}_feedback", i),
     )
     fb_futs = [
         stages.feedback_shard.submit(config, spec, f"{stage}-feedback-{i}", wait_for=[sf])
@@ -57,10 +67,9 @@ def evaluate_policy(
     _, feedback, _ = _sample_then_feedback(
         config, layout, iteration, "eval", prompts_uri, policy_uri, greedy=True
     )
-    scored_uri = layout.table(iteration, "eval", "scored")
-    if not store.is_committed(scored_uri):
-        scored = store.read_tables([f["uri"] for f in feedback])
-        store.write_table(scored_uri, pipeline.eval_frame(scored))
+    scored_uri = stages.join_eval_feedback(
+        config, layout.table(iteration, "eval", "scored"), [f["uri"] for f in feedback]
+    )
     eval_uri = stages.reference_perplexity(
         config, scored_uri, layout.table(iteration, "eval", "eval"), inputs["reference_uri"]
     )
@@ -98,4 +107,3 @@ def alt_iteration(
     store.write_json(store.join(layout.iteration(iteration), "metrics.json"), row)
     logger().info(f"iteration {iteration}: {row}")
     return row
-

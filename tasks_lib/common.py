@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
@@ -45,10 +46,8 @@ def progress(key: str, description: str) -> Callable[[float], None]:
         return lambda _pct: None
 
     def update(pct: float) -> None:
-        try:
+        with contextlib.suppress(Exception):
             update_progress_artifact(artifact_id, min(100.0, max(0.0, pct)))
-        except Exception:  # noqa: BLE001
-            pass
 
     return update
 

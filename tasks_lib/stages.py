@@ -19,11 +19,20 @@ from prefect.cache_policies import NO_CACHE
 
 from alt_core import pipeline, store
 from alt_core.config import RunConfig, dump_config
+from alt_core.fingerprints import fingerprint, state
 from alt_core.procs import run_worker
 from alt_core.store import RunLayout
 from tasks_lib.common import WORKER_ENV, logger, progress, slot_pool, worker_log
 
 STAGE_RETRIES = 1
+
+
+def reuse(uri: str, expected: str, what: str) -> bool:
+    """True when `uri` is committed with the expected fingerprint; says why otherwise."""
+    current = state(uri, expected)
+    if current == "stale":
+        logger().warning(f"{what}: settings or inputs changed since it was committed; redoing it")
+    return current == "committed"
 
 
 def resolve_model(uri: str, config: RunConfig) -> str:
@@ -83,33 +92,52 @@ def prepare_run(config: RunConfig, run_dir: str) -> dict[str, str]:
 def draw_prompts(config: RunConfig, run_dir: str, iteration: int, inputs: dict) -> str:
     layout = RunLayout(run_dir)
     uri = layout.table(iteration, "prompts", "prompts")
-    if store.is_committed(uri):
+    exemplar = pipeline.exemplar_for(config, layout, iteration)
+    fp = fingerprint(
+        config, "prompts", [inputs["train_prompts_uri"]], iteration=iteration, exemplar=exemplar
+    )
+    if reuse(uri, fp, f"prompts of iteration {iteration}"):
         return uri
-    return pipeline.draw_iteration_prompts(config, layout, pipeline.RunInputs(**inputs), iteration)
+    return pipeline.draw_iteration_prompts(
+        config, pipeline.RunInputs(**inputs), iteration, exemplar, uri, fp
+    )
 
 
 @task(name="eval-prompts", cache_policy=NO_CACHE, retries=STAGE_RETRIES)
 def eval_prompts(config: RunConfig, run_dir: str, iteration: int, inputs: dict) -> str:
     layout = RunLayout(run_dir)
     uri = layout.table(iteration, "eval", "prompts")
-    if store.is_committed(uri):
+    exemplar = pipeline.eval_exemplar(config, layout, iteration)
+    fp = fingerprint(config, "eval_prompts", [inputs["valid_prompts_uri"]], exemplar=exemplar)
+    if reuse(uri, fp, f"validation prompts of iteration {iteration}"):
         return uri
     valid = store.read_table(inputs["valid_prompts_uri"])
-    exemplar = pipeline.eval_exemplar(config, layout, iteration)
-    return pipeline.write_prompts(config, valid, exemplar, uri)
+    return pipeline.write_prompts(config, valid, exemplar, uri, fp)
 
 
 @task(name="sample-shard", cache_policy=NO_CACHE, retries=STAGE_RETRIES, retry_delay_seconds=5)
 def sample_shard(config: RunConfig, spec: dict[str, Any], name: str) -> dict[str, Any]:
     """Generate one shard in its own process, in a device slot of its own."""
-    if store.is_committed(spec["output_uri"]):
+    fp = fingerprint(
+        config,
+        "sample",
+        [spec["prompts_uri"], spec["model_path"]],
+        start=spec["start"],
+        stop=spec["stop"],
+        seed=spec["seed"],
+        params=spec["params"],
+    )
+    if reuse(spec["output_uri"], fp, name):
         return {"uri": spec["output_uri"], "skipped": True}
     s = config.sampling
     pool = slot_pool("sample", s.concurrency, s.tensor_parallel_size)
-    spec = {**spec, "model_path": resolve_model(spec["model_path"], config)}
+    spec = {**spec, "model_path": resolve_model(spec["model_path"], config), "fingerprint": fp}
     with pool.slot() as env:
         result = run_worker(
-            ["alt_core.worker", "sample"], spec, name=name, env={**WORKER_ENV, **env},
+            ["alt_core.worker", "sample"],
+            spec,
+            name=name,
+            env={**WORKER_ENV, **env},
             log=worker_log(name),
         )
     logger().info(f"{name}: {result}")
@@ -119,12 +147,17 @@ def sample_shard(config: RunConfig, spec: dict[str, Any], name: str) -> dict[str
 @task(name="feedback-shard", cache_policy=NO_CACHE, retries=STAGE_RETRIES, retry_delay_seconds=5)
 def feedback_shard(config: RunConfig, spec: dict[str, Any], name: str) -> dict[str, Any]:
     """Score one samples shard in its own process (reward model, judge or scorer)."""
-    if store.is_committed(spec["output_uri"]):
+    fp = fingerprint(config, "feedback", [spec["input_uri"]])
+    if reuse(spec["output_uri"], fp, name):
         return {"uri": spec["output_uri"], "skipped": True}
+    spec = {**spec, "fingerprint": fp}
     pool = slot_pool("feedback", config.feedback.concurrency)
     with pool.slot() as env:
         result = run_worker(
-            ["alt_core.worker", "feedback"], spec, name=name, env={**WORKER_ENV, **env},
+            ["alt_core.worker", "feedback"],
+            spec,
+            name=name,
+            env={**WORKER_ENV, **env},
             log=worker_log(name),
         )
     logger().info(f"{name}: {result}")
@@ -138,27 +171,37 @@ def update_datapool(
     layout = RunLayout(run_dir)
     pool_uri = layout.table(iteration, "datapool", "pool")
     train_uri = layout.table(iteration, "datapool", "train")
-    if store.is_committed(pool_uri) and store.is_committed(train_uri):
+    previous = [layout.table(iteration - 1, "datapool", "pool")] if iteration > 1 else []
+    fp = fingerprint(config, "datapool", [*feedback_uris, *previous])
+    what = f"datapool of iteration {iteration}"
+    if reuse(pool_uri, fp, what) and reuse(train_uri, fp, what):
         from alt_core.datapool import pool_stats
 
         stats = pool_stats(store.read_table(pool_uri))
         return {"pool_uri": pool_uri, "train_uri": train_uri, "stats": stats}
-    return pipeline.update_datapool(config, layout, iteration, feedback_uris)
+    return pipeline.update_datapool(config, layout, iteration, feedback_uris, fp)
 
 
 @task(name="train-policy", cache_policy=NO_CACHE, retries=STAGE_RETRIES, retry_delay_seconds=5)
 def train_policy(
-    config: RunConfig, run_dir: str, iteration: int, train_uri: str, policy_in: str,
+    config: RunConfig,
+    run_dir: str,
+    iteration: int,
+    train_uri: str,
+    policy_in: str,
     reference: str,
 ) -> dict[str, Any]:
     """Conditional SFT of the policy of iteration k-1 into the policy of iteration k."""
     from alt_core.training import TrainSpec, launch_training
 
     out_uri = RunLayout(run_dir).policy(iteration)
-    if store.dir_committed(out_uri):
+    fp = fingerprint(config, "train", [train_uri, policy_in, reference])
+    if reuse(out_uri, fp, f"policy of iteration {iteration}"):
         return {"uri": out_uri, "skipped": True, **_train_summary(out_uri)}
     remote = store.is_remote(out_uri)
-    local_out = Path(tempfile.mkdtemp(prefix="alt-policy-")) if remote else Path(f"{out_uri}.partial")
+    local_out = (
+        Path(tempfile.mkdtemp(prefix="alt-policy-")) if remote else Path(f"{out_uri}.partial")
+    )
     shutil.rmtree(local_out, ignore_errors=True)
     spec = TrainSpec(
         policy_path=resolve_model(policy_in, config),
@@ -174,13 +217,13 @@ def train_policy(
     with pool.slot() as env:
         summary = launch_training(spec, env={**WORKER_ENV, **env}, log=worker_log("train", update))
     if remote:
-        store.put_dir(local_out, out_uri, meta={"iteration": iteration})
+        store.put_dir(local_out, out_uri, meta={"iteration": iteration, "fingerprint": fp})
         shutil.rmtree(local_out, ignore_errors=True)
     else:
         if os.path.exists(out_uri):
             shutil.rmtree(out_uri)
         os.replace(local_out, out_uri)
-        store.put_dir(out_uri, out_uri, meta={"iteration": iteration})
+        store.put_dir(out_uri, out_uri, meta={"iteration": iteration, "fingerprint": fp})
     update(100.0)
     return {"uri": out_uri, **summary}
 
@@ -194,17 +237,31 @@ def _train_summary(policy_uri: str) -> dict[str, Any]:
 
 @task(name="reference-perplexity", cache_policy=NO_CACHE, retries=STAGE_RETRIES)
 def reference_perplexity(config: RunConfig, input_uri: str, output_uri: str, reference: str) -> str:
-    if store.is_committed(output_uri):
+    fp = fingerprint(config, "perplexity", [input_uri, reference])
+    if reuse(output_uri, fp, "reference perplexity"):
         return output_uri
     spec = {
         "input_uri": input_uri,
         "output_uri": output_uri,
         "reference_path": resolve_model(reference, config),
         "batch_size": config.evaluation.batch_size,
+        "fingerprint": fp,
     }
     with slot_pool("feedback", config.feedback.concurrency).slot() as env:
         run_worker(
-            ["alt_core.worker", "perplexity"], spec, name="perplexity",
-            env={**WORKER_ENV, **env}, log=worker_log("perplexity"),
+            ["alt_core.worker", "perplexity"],
+            spec,
+            name="perplexity",
+            env={**WORKER_ENV, **env},
+            log=worker_log("perplexity"),
         )
     return output_uri
+
+
+@task(name="join-eval-feedback", cache_policy=NO_CACHE, retries=STAGE_RETRIES)
+def join_eval_feedback(config: RunConfig, uri: str, feedback_uris: list[str]) -> str:
+    fp = fingerprint(config, "perplexity", feedback_uris, join=True)
+    if reuse(uri, fp, "evaluation feedback"):
+        return uri
+    scored = pipeline.eval_frame(store.read_tables(feedback_uris))
+    return store.write_table(uri, scored, meta={"fingerprint": fp})

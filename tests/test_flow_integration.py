@@ -35,12 +35,17 @@ def tiny_run_config(tmp_path, model_dir, **overrides) -> RunConfig:
             "prompts_per_iteration": 12,
             "max_prompt_tokens": 32,
         },
-        "sampling": {"num_generations": 5, "max_new_tokens": 12, "num_shards": 2,
-                     "concurrency": 1},
+        "sampling": {"num_generations": 5, "max_new_tokens": 12, "num_shards": 2, "concurrency": 1},
         "feedback": {"provider": "sentiment"},
         "datapool": {"num_samples_per_quantile": 1},
-        "training": {"learning_rate": 1e-3, "epochs": 1, "per_device_batch_size": 8,
-                     "kl_coef": 0.05, "entropy_coef": 0.01, "max_seq_len": 64},
+        "training": {
+            "learning_rate": 1e-3,
+            "epochs": 1,
+            "per_device_batch_size": 8,
+            "kl_coef": 0.05,
+            "entropy_coef": 0.01,
+            "max_seq_len": 64,
+        },
         "evaluation": {"evaluate_initial": False},
     }
     for key, value in overrides.items():

@@ -28,9 +28,10 @@ def test_uncommitted_table_is_not_read(tmp_path):
 def test_corruption_is_detected(tmp_path):
     uri = str(tmp_path / "t.parquet")
     store.write_table(uri, pd.DataFrame({"x": list(range(100))}))
-    data = bytearray(open(uri, "rb").read())
+    path = tmp_path / "t.parquet"
+    data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
-    open(uri, "wb").write(bytes(data))
+    path.write_bytes(bytes(data))
     assert not store.is_committed(uri, verify=True)
     with pytest.raises(store.ArtifactError, match="corrupt"):
         store.read_table(uri)
@@ -55,5 +56,7 @@ def test_dir_commit_and_local_copy(tmp_path):
 
 def test_layout_paths_are_deterministic():
     layout = store.RunLayout("s3://b/run/")
-    assert layout.shard(2, "train_samples", 1) == "s3://b/run/iter_002/train_samples/shard_001.parquet"
+    assert (
+        layout.shard(2, "train_samples", 1) == "s3://b/run/iter_002/train_samples/shard_001.parquet"
+    )
     assert layout.policy(3) == "s3://b/run/iter_003/policy"

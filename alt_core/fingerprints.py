@@ -1,0 +1,105 @@
+"""Stage fingerprints: what makes a committed output still valid.
+
+A stage's fingerprint hashes the configuration fields that affect it and the content
+of its inputs (their commit hashes). A committed output whose fingerprint matches is
+reused; one whose fingerprint differs is stale and redone, and so, through their inputs'
+changed content, is everything downstream of it. Nothing depends on a flow-run id, so a
+retry from the Prefect UI, `alt resume` and a new flow run over the same folder agree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal
+
+from alt_core import store
+from alt_core.config import RunConfig
+
+# Fields that change a stage's output. Throughput knobs (concurrency, batch sizes that
+# do not change results, engine memory) are deliberately absent.
+STAGE_FIELDS: dict[str, tuple[str, ...]] = {
+    "prompts": (
+        "seed",
+        "method",
+        "data.source",
+        "data.prompts_per_iteration",
+        "data.prompt_column",
+        "datapool.quantile_phrases",
+        "datapool.feedback_prefix",
+        "datapool.prompt_prefix",
+        "datapool.num_quantiles",
+    ),
+    "eval_prompts": (
+        "method",
+        "data.num_valid_prompts",
+        "datapool.quantile_phrases",
+        "datapool.feedback_prefix",
+        "datapool.prompt_prefix",
+        "datapool.num_quantiles",
+    ),
+    "sample": (
+        "seed",
+        "sampling.backend",
+        "sampling.num_generations",
+        "sampling.temperature",
+        "sampling.top_p",
+        "sampling.max_new_tokens",
+        "sampling.num_shards",
+        "model.dtype",
+        "data.max_prompt_tokens",
+        "evaluation.max_new_tokens",
+    ),
+    "feedback": (
+        "feedback.provider",
+        "feedback.reward_model",
+        "feedback.max_length",
+    ),
+    "datapool": ("seed", "method", "datapool"),
+    "train": ("seed", "method", "training", "datapool.num_quantiles"),
+    "perplexity": ("data.max_prompt_tokens",),
+}
+
+State = Literal["committed", "stale", "missing"]
+
+
+def content_id(uri: str) -> str:
+    """The content hash of a committed table or folder; other references (a hub model
+    name, a plain local checkpoint) stand for themselves."""
+    info = store.commit_info(uri)
+    if info is not None:
+        return info["sha256"]
+    if store.dir_committed(uri):
+        manifest = store.read_json(store.join(uri, store.DIR_COMMIT))
+        blob = json.dumps(manifest["files"], sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()
+    return f"ref:{uri}"
+
+
+def fingerprint(config: RunConfig, stage: str, inputs: list[str], **extra: object) -> str:
+    blob = {
+        "stage": stage,
+        "config": config.section_hash(*STAGE_FIELDS[stage]),
+        "inputs": [content_id(u) for u in inputs],
+        "extra": extra,
+    }
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def recorded_fingerprint(uri: str) -> str | None:
+    info = store.commit_info(uri)
+    if info is not None:
+        return info.get("meta", {}).get("fingerprint")
+    if store.dir_committed(uri):
+        return store.read_json(store.join(uri, store.DIR_COMMIT)).get("meta", {}).get("fingerprint")
+    return None
+
+
+def state(uri: str, expected: str) -> State:
+    if not (store.is_committed(uri) or store.dir_committed(uri)):
+        return "missing"
+    return "committed" if recorded_fingerprint(uri) == expected else "stale"
+
+
+def is_current(uri: str, expected: str) -> bool:
+    return state(uri, expected) == "committed"
