@@ -192,7 +192,8 @@ def train_policy(
     reference: str,
 ) -> dict[str, Any]:
     """Conditional SFT of the policy of iteration k-1 into the policy of iteration k."""
-    from alt_core.training import TrainSpec, launch_training
+    from alt_core.train_worker import launch_training
+    from alt_core.training import TrainSpec
 
     out_uri = RunLayout(run_dir).policy(iteration)
     fp = fingerprint(config, "train", [train_uri, policy_in, reference])
