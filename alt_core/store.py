@@ -6,13 +6,24 @@ size and content hash. Readers trust only committed outputs, so a half-written P
 file is never read, and a corrupted one is detected by its hash.
 
 Folders (model checkpoints) are committed the same way with `_COMMIT.json` inside them.
+
+Object stores (s3://) take endpoint, region and credentials from the environment or the
+standard AWS configuration, never from arguments. Transient errors (connection refused
+or reset, timeouts, 5xx answers) are retried a bounded number of times with backoff, then
+raise `StoreUnavailableError`; errors a retry cannot fix (missing object, access denied)
+are raised at once.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import hashlib
 import io
+import itertools
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -29,10 +40,34 @@ import pyarrow.parquet as pq
 
 COMMIT_SUFFIX = ".commit.json"
 DIR_COMMIT = "_COMMIT.json"
+# One operation keeps retrying a store that does not answer for this long (an S3 server
+# restart takes seconds; SeaweedFS took 1 to 15 s here), waiting 0.5, 1, 2, 4, 4, ... s.
+RETRY_BUDGET_S = 30.0
+RETRY_MAX_WAIT_S = 4.0
+
+log = logging.getLogger(__name__)
 
 
 class ArtifactError(RuntimeError):
     """An artifact is missing, uncommitted or corrupt."""
+
+
+class StoreUnavailableError(RuntimeError):
+    """The store did not answer after the bounded retries (server down, network cut).
+
+    Not an OSError on purpose: code that treats a missing file as "not there yet" must
+    never mistake an unreachable store for a missing artifact.
+    """
+
+
+# OSErrors a retry cannot fix: the store answered, and would answer the same again.
+_PERMANENT = (
+    FileNotFoundError,
+    FileExistsError,
+    PermissionError,
+    IsADirectoryError,
+    NotADirectoryError,
+)
 
 
 def is_remote(uri: str) -> bool:
@@ -55,15 +90,53 @@ def _fs(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return fs, path
 
 
-def _retrying(fn, *args, attempts: int = 5, **kwargs):
-    """Object stores drop connections; retry I/O a bounded number of times with backoff."""
-    for attempt in range(attempts):
+@functools.cache
+def _transient_errors() -> tuple[type[BaseException], ...]:
+    """Errors worth a retry. botocore's connection errors are not OSErrors and s3fs lets
+    them through (connection refused, reset, read timeout), so they are named here."""
+    errors: list[type[BaseException]] = [OSError, asyncio.TimeoutError]
+    try:
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+        from botocore.exceptions import HTTPClientError
+    except ImportError:  # no object-store client installed: local folders only
+        pass
+    else:
+        errors += [BotoConnectionError, HTTPClientError]
+    return tuple(errors)
+
+
+def _retrying(op: str, uri: str, fn, *args, **kwargs):
+    """Object stores drop connections and restart: retry transient errors with backoff for
+    at most RETRY_BUDGET_S seconds, then fail with a message that says what to do."""
+    began = time.monotonic()
+    for attempt in itertools.count(1):
         try:
             return fn(*args, **kwargs)
-        except (OSError, ConnectionError, TimeoutError):
-            if attempt == attempts - 1:
+        except PermissionError as exc:
+            if not is_remote(uri):
                 raise
-            time.sleep(min(0.5 * 2**attempt, 8.0))
+            raise PermissionError(
+                f"{op} {uri}: access denied ({exc}). Check the credentials the store gets "
+                "from the environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) or the "
+                "AWS configuration, and their rights on this bucket"
+            ) from exc
+        except _PERMANENT:
+            raise
+        except _transient_errors() as exc:
+            cause, elapsed = f"{type(exc).__name__}: {exc}", time.monotonic() - began
+            delay = min(0.5 * 2 ** (attempt - 1), RETRY_MAX_WAIT_S)
+            if elapsed + delay > RETRY_BUDGET_S:
+                raise StoreUnavailableError(
+                    f"{op} {uri} failed {attempt} times over {elapsed:.0f} s ({cause}). "
+                    "Check that the store is reachable (for s3:// the endpoint from "
+                    "AWS_ENDPOINT_URL or the AWS configuration), then run the same command "
+                    "again: committed work is kept"
+                ) from exc
+            log.warning(
+                "%s %s failed (%s); retry %d in %.1f s (gives up after %.0f s)",
+                op, uri, cause, attempt, delay, RETRY_BUDGET_S,
+            )  # fmt: skip
+            time.sleep(delay)
     raise AssertionError("unreachable")
 
 
@@ -80,23 +153,31 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
         os.replace(tmp, path)
     else:
         # An S3 PUT is atomic for readers: the object appears whole or not at all.
-        _retrying(fs.pipe_file, path, data)
+        _retrying("write", uri, fs.pipe_file, path, data)
 
 
 def read_bytes(uri: str) -> bytes:
     fs, path = _fs(uri)
-    return _retrying(fs.cat_file, path)
+    return _retrying("read", uri, fs.cat_file, path)
 
 
 def exists(uri: str) -> bool:
     fs, path = _fs(uri)
-    return bool(_retrying(fs.exists, path))
+    return bool(_retrying("check", uri, fs.exists, path))
 
 
 def remove(uri: str) -> None:
     fs, path = _fs(uri)
-    if fs.exists(path):
-        fs.rm(path, recursive=True)
+    if _retrying("check", uri, fs.exists, path):
+        _retrying("remove", uri, fs.rm, path, recursive=True)
+
+
+def _uncommit(marker: str) -> None:
+    """Drop a commit marker before its output is replaced, so that a reader never pairs
+    the old marker with new data (a rewrite interrupted half-way reads as uncommitted)."""
+    fs, path = _fs(marker)
+    with contextlib.suppress(FileNotFoundError):  # nothing committed yet
+        _retrying("uncommit", marker, fs.rm_file, path)
 
 
 def write_json(uri: str, obj: Any) -> str:
@@ -118,36 +199,44 @@ def _commit_record(data: bytes, rows: int | None, meta: dict[str, Any] | None) -
     }
 
 
-def write_table(uri: str, table: pa.Table | pd.DataFrame, meta: dict[str, Any] | None = None) -> str:
+def write_table(
+    uri: str, table: pa.Table | pd.DataFrame, meta: dict[str, Any] | None = None
+) -> str:
     """Write a Parquet table and commit it; returns the URI."""
     if isinstance(table, pd.DataFrame):
         table = pa.Table.from_pandas(table, preserve_index=False)
     buf = io.BytesIO()
     pq.write_table(table, buf)
     data = buf.getvalue()
+    _uncommit(uri + COMMIT_SUFFIX)
     write_bytes_atomic(uri, data)
     write_json(uri + COMMIT_SUFFIX, _commit_record(data, table.num_rows, meta))
     return uri
 
 
 def commit_info(uri: str) -> dict[str, Any] | None:
-    marker = uri + COMMIT_SUFFIX
-    if not exists(marker):
-        return None
+    """The commit record of `uri`, or None if it has none (or a torn one).
+
+    An unreachable store raises StoreUnavailableError: it never reads as "not committed".
+    """
     try:
-        return read_json(marker)
-    except (json.JSONDecodeError, OSError):
+        info = read_json(uri + COMMIT_SUFFIX)
+    except (FileNotFoundError, ValueError):  # ValueError: a torn or corrupt marker
         return None
+    return info if isinstance(info, dict) and "sha256" in info else None
 
 
 def is_committed(uri: str, verify: bool = False) -> bool:
     info = commit_info(uri)
-    if info is None or not exists(uri):
+    if info is None:
         return False
-    if verify:
-        return _sha256(read_bytes(uri)) == info["sha256"]
-    fs, path = _fs(uri)
-    return int(fs.size(path)) == int(info["bytes"])
+    try:
+        if verify:
+            return _sha256(read_bytes(uri)) == info["sha256"]
+        fs, path = _fs(uri)
+        return int(_retrying("check", uri, fs.size, path)) == int(info["bytes"])
+    except FileNotFoundError:  # a marker whose data was deleted
+        return False
 
 
 def read_table(uri: str, columns: list[str] | None = None) -> pd.DataFrame:
@@ -155,7 +244,10 @@ def read_table(uri: str, columns: list[str] | None = None) -> pd.DataFrame:
     info = commit_info(uri)
     if info is None:
         raise ArtifactError(f"{uri} is not committed (the stage that writes it did not finish)")
-    data = read_bytes(uri)
+    try:
+        data = read_bytes(uri)
+    except FileNotFoundError as exc:
+        raise ArtifactError(f"{uri} is committed but its data is missing: redo its stage") from exc
     if _sha256(data) != info["sha256"]:
         raise ArtifactError(f"{uri} does not match its commit hash: the file is corrupt")
     return pq.read_table(io.BytesIO(data), columns=columns).to_pandas()
@@ -189,9 +281,11 @@ def put_dir(local_dir: str | Path, uri: str, meta: dict[str, Any] | None = None)
             shutil.rmtree(dest)
         shutil.copytree(local_dir, dest)
     elif is_remote(uri):
+        _uncommit(join(uri, DIR_COMMIT))
         fs, path = _fs(uri)
         for p in files:
-            _retrying(fs.put_file, str(p), f"{path}/{p.relative_to(local_dir)}")
+            rel = p.relative_to(local_dir).as_posix()
+            _retrying("upload", join(uri, rel), fs.put_file, str(p), f"{path}/{rel}")
     write_json(join(uri, DIR_COMMIT), manifest)
     return uri
 
@@ -210,21 +304,33 @@ def local_dir(uri: str, scratch: str | None = None) -> Path:
     key = hashlib.sha256(json.dumps(manifest["files"], sort_keys=True).encode()).hexdigest()[:16]
     root = Path(scratch or Path(tempfile.gettempdir()) / "alt-scratch") / key
     if (root / DIR_COMMIT).exists():
-        return root
+        return root  # the same files (the key is their hashes), downloaded before
     tmp = root.with_name(root.name + f".tmp-{uuid.uuid4().hex[:6]}")
-    fs, path = _fs(uri)
-    for rel, digest in manifest["files"].items():
-        dest = tmp / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        _retrying(fs.get_file, f"{path}/{rel}", str(dest))
-        if _hash_file(dest) != digest:
-            raise ArtifactError(f"{uri}/{rel} does not match its commit hash")
-    (tmp / DIR_COMMIT).write_text(json.dumps(manifest))
-    if root.exists():
-        shutil.rmtree(tmp)
-    else:
-        tmp.rename(root)
+    try:
+        _download(uri, manifest["files"], tmp)
+        (tmp / DIR_COMMIT).write_text(json.dumps(manifest))
+        if not root.exists():
+            tmp.rename(root)
+    except OSError:
+        if not (root / DIR_COMMIT).exists():  # not a concurrent download that won
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # a failed download leaves nothing behind
     return root
+
+
+def _download(uri: str, files: dict[str, str], dest_dir: Path) -> None:
+    """Download the manifest's files of the folder `uri`, checking each file's hash."""
+    fs, path = _fs(uri)
+    for rel, digest in files.items():
+        dest = dest_dir / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            _retrying("download", join(uri, rel), fs.get_file, f"{path}/{rel}", str(dest))
+        except FileNotFoundError as exc:
+            raise ArtifactError(f"{join(uri, rel)} is committed but missing") from exc
+        if _hash_file(dest) != digest:
+            raise ArtifactError(f"{join(uri, rel)} does not match its commit hash: it is corrupt")
 
 
 class RunLayout:

@@ -14,6 +14,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+# A real S3 server (SeaweedFS on loopback): the `s3_server` and `s3_run_root` fixtures.
+pytest_plugins = ["s3_server"]
+
 # Keep Prefect's database and settings out of the user's home, and engine chatter low.
 _HOME = Path(os.environ.get("PYTEST_PREFECT_HOME", "/tmp/alt-test-prefect-home"))
 os.environ.setdefault("PREFECT_HOME", str(_HOME))
