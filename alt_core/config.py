@@ -163,6 +163,16 @@ class TrainingConfig(StrictModel):
     )
     num_processes: int = Field(1, gt=0, description="Training processes (one per GPU).")
     max_seq_len: int = Field(1024, gt=0, description="Prompt plus response tokens, at most.")
+    checkpoint_every: int = Field(
+        50,
+        ge=0,
+        description="Save the full training state (weights, optimizer, LR schedule, RNG, data "
+        "position) every N optimizer steps and after the last; a killed training resumes from "
+        "the newest. 0: only at the end.",
+    )
+    keep_checkpoints: int = Field(
+        2, gt=0, description="Newest training-state checkpoints kept on local disk."
+    )
 
 
 class EvaluationConfig(StrictModel):

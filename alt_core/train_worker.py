@@ -10,7 +10,13 @@ process, and a crash must not take them down.
 A single process sets the torch.distributed variables itself (a free MASTER_PORT); under
 a launcher the variables it set are left alone. On success the main process prints one
 JSON line `{"train_summary": {...}}` last; on failure the exit code is 1 and the last
-stderr line says what failed.
+stderr line says what failed. Training is resumable (see `alt_core.train_state`): run
+the same spec again after a failure and it continues from its last checkpoint.
+
+Fault injection, for the resume tests and benchmark: with `ALT_TRAIN_FAIL_AT_STEP=N` in
+its environment, every worker process kills itself with SIGKILL right after optimizer
+step N (and that step's checkpoint, if one was due), the way the OOM killer or a lost
+machine ends a run: no exception handler and no cleanup run.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -29,9 +36,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from alt_core.train_state import finished_summary
 from alt_core.training import TrainingError, TrainSpec, train
 
 SUMMARY_KEY = "train_summary"
+FAIL_AT_STEP_ENV = "ALT_TRAIN_FAIL_AT_STEP"
 _STDERR_TAIL = 30
 
 
@@ -59,6 +68,24 @@ def ensure_single_process_env(environ: dict[str, str] | None = None) -> bool:
     return True
 
 
+def crash_hook(environ: Mapping[str, str] | None = None) -> Callable[[int], None] | None:
+    """The `after_step` hook that SIGKILLs this process after step ALT_TRAIN_FAIL_AT_STEP,
+    or None when the variable is unset."""
+    value = (os.environ if environ is None else environ).get(FAIL_AT_STEP_ENV, "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{FAIL_AT_STEP_ENV} must be a step number >= 1, got {value!r}")
+    fail_at = int(value)
+
+    def kill_after(step: int) -> None:
+        if step == fail_at:
+            sys.stdout.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return kill_after
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run one conditional-SFT training job.")
     parser.add_argument("spec", help="TrainSpec JSON file")
@@ -66,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     ensure_single_process_env()
     try:
         spec = TrainSpec.from_json(Path(args.spec).read_text())
-        summary = train(spec, log=lambda msg: print(msg, flush=True))
+        summary = train(spec, log=lambda msg: print(msg, flush=True), after_step=crash_hook())
     except Exception as exc:
         traceback.print_exc()
         print(
@@ -109,8 +136,14 @@ def launch_training(
     """Run `train(spec)` in a worker subprocess, streaming its output lines to `log`.
 
     Returns the worker's summary. Raises TrainingError with the exit code and the last
-    stderr lines when the worker fails.
+    stderr lines when the worker fails; running the same spec again resumes from the
+    last checkpoint. When `spec.output_dir` already holds the final model of this
+    training, returns its saved summary without starting a worker.
     """
+    done = finished_summary(spec)
+    if done is not None:
+        log(f"training already finished: {spec.output_dir} holds its final model; nothing to do")
+        return done
     lock = threading.Lock()
     tail: deque[str] = deque(maxlen=_STDERR_TAIL)
     summary: dict[str, Any] | None = None
@@ -146,7 +179,9 @@ def launch_training(
         how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
         last = "\n".join(tail) or "(no stderr output)"
         raise TrainingError(
-            f"training worker {how} (output: {spec.output_dir}); last stderr lines:\n{last}"
+            f"training worker {how} (output: {spec.output_dir}); its state is kept in "
+            f"{spec.resolved_state_dir}: run the same training again to resume from the last "
+            f"checkpoint. Last stderr lines:\n{last}"
         )
     if summary is None:
         raise TrainingError("training worker exited cleanly but printed no summary line")

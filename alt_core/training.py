@@ -4,13 +4,14 @@ Quark, ALT_RM, ALT_LMU, ALT_LMC and SteerLM differ only in the training table (t
 conditioned `query` and what the reference sees in `reference_query`) and in config
 values (`kl_coef`, `entropy_coef`, added control tokens). The building blocks:
 
-- `tokenise_train_table` / `collate`: the prompt side is LEFT-padded and the response
-  side RIGHT-padded, and the policy input and the reference input are padded to the SAME
-  prompt width, so response tokens sit at identical positions in both and one slice of
-  the logits serves both models.
+- `alt_core.train_data`: the spec, tokenising, collating and the data order (re-exported
+  here).
 - `freeze_lower_layers`: trains only the top share of transformer blocks.
 - `train(spec)`: the loop, run through Accelerate + DeepSpeed in a worker process (see
-  `alt_core.train_worker`). DeepSpeed and Accelerate are imported inside functions so that
+  `alt_core.train_worker`). It saves its full state every `spec.checkpoint_every` steps
+  and at the end (`alt_core.train_state`); started again with the same spec after a
+  kill, it continues from the newest complete checkpoint, and a finished run returns its
+  saved summary. DeepSpeed and Accelerate are imported inside functions so that
   `import alt_core` works without them.
 """
 
@@ -19,24 +20,57 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from alt_core.config import TrainingConfig
 from alt_core.losses import IGNORE_INDEX, conditional_sft_loss
-from alt_core.schemas import require_columns
 from alt_core.store import read_table, write_json
+from alt_core.train_data import (
+    TABLE_COLUMNS,
+    Batch,
+    TokenisedTable,
+    TrainingError,
+    TrainSpec,
+    collate,
+    epoch_batches,
+    linear_warmup_decay,
+    tokenise_train_table,
+)
+from alt_core.train_state import (
+    METRICS_FILE,
+    Checkpointer,
+    Dist,
+    Progress,
+    finished_summary,
+    resume_key,
+    state_lock,
+)
 
-METRICS_FILE = "train_metrics.json"
+__all__ = [
+    "METRICS_FILE",
+    "TABLE_COLUMNS",
+    "Batch",
+    "TokenisedTable",
+    "TrainSpec",
+    "TrainingError",
+    "add_tokens",
+    "check_finite",
+    "collate",
+    "epoch_batches",
+    "find_transformer_blocks",
+    "freeze_lower_layers",
+    "linear_warmup_decay",
+    "tokenise_train_table",
+    "train",
+]
+
 LOSS_TERMS = ("loss", "nll", "kl", "entropy")
-TABLE_COLUMNS = ["query", "reference_query", "response", "append_eos"]
 # Where the common architectures keep their block list; anything else falls back to the
 # longest homogeneous nn.ModuleList.
 BLOCK_PATHS = (
@@ -46,202 +80,6 @@ BLOCK_PATHS = (
     "model.decoder.layers",  # OPT
     "transformer.blocks",  # MPT
 )
-
-
-class TrainingError(RuntimeError):
-    """Training failed; the message names the cause and what to change."""
-
-
-class TrainSpec(BaseModel):
-    """Everything one training run needs; serialised to JSON for the worker process."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    policy_path: str = Field(description="Local checkpoint folder of the policy to train.")
-    reference_path: str | None = Field(
-        None, description="Frozen reference model (the initial SFT model); needed when kl_coef > 0."
-    )
-    train_table: str = Field(description="Committed training Parquet (local path or fsspec URI).")
-    output_dir: str = Field(description="Local folder for the trained checkpoint and metrics.")
-    training: TrainingConfig = Field(
-        default_factory=TrainingConfig, description="The run config's training section."
-    )
-    added_tokens: list[str] = Field(
-        default_factory=list, description="Tokens to add to the tokenizer (Quark control tokens)."
-    )
-    seed: int = Field(0, description="Seeds the data order and dropout.")
-
-    @model_validator(mode="after")
-    def _check_reference(self) -> TrainSpec:
-        if self.training.kl_coef > 0 and not self.reference_path:
-            raise ValueError(
-                "training.kl_coef > 0 needs reference_path (the initial SFT model); "
-                "set it or set training.kl_coef=0"
-            )
-        return self
-
-    def to_json(self) -> str:
-        return self.model_dump_json(indent=2)
-
-    @classmethod
-    def from_json(cls, text: str) -> TrainSpec:
-        return cls.model_validate_json(text)
-
-
-# ---------------------------------------------------------------------------- data
-
-
-@dataclass
-class TokenisedTable:
-    """Token ids of a training table, one list per row, after truncation."""
-
-    query_ids: list[list[int]]
-    reference_ids: list[list[int]]
-    response_ids: list[list[int]]
-    stats: dict[str, int] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.query_ids)
-
-
-def tokenise_train_table(table: pd.DataFrame, tokenizer: Any, max_seq_len: int) -> TokenisedTable:
-    """Tokenise queries, reference queries and responses (+ EOS where `append_eos`).
-
-    A response longer than max_seq_len - 1 keeps its first tokens. A query that does not
-    fit beside its response loses tokens from the LEFT (the end of the prompt is what the
-    response continues); the counts land in `stats` so callers can see it happen. The
-    conditioning text sits at the start of a query, so keep data.max_prompt_tokens small
-    enough that this never triggers.
-    """
-    require_columns(table, TABLE_COLUMNS, "training table")
-    if table.empty:
-        raise TrainingError("the training table has no rows: nothing to train on")
-    nulls = [c for c in TABLE_COLUMNS if table[c].isna().any()]
-    if nulls:
-        raise TrainingError(f"training table has missing values in column(s) {nulls}")
-    append_eos = table["append_eos"].astype(bool).tolist()
-    eos = tokenizer.eos_token_id
-    if eos is None and any(append_eos):
-        raise TrainingError("append_eos is set but the tokenizer has no eos_token; set one")
-
-    def encode(column: str, special: bool) -> list[list[int]]:
-        return tokenizer(table[column].astype(str).tolist(), add_special_tokens=special)[
-            "input_ids"
-        ]
-
-    responses = [
-        r + [eos] if add else r
-        for r, add in zip(encode("response", False), append_eos, strict=True)
-    ]
-    limit = max_seq_len - 1  # leave at least one prompt token to predict the first response token
-    cut_responses = [r[:limit] for r in responses]
-    budgets = [max_seq_len - len(r) for r in cut_responses]
-    queries, references = encode("query", True), encode("reference_query", True)
-    empty = [i for i, q in enumerate(queries) if not q]
-    if empty:
-        raise TrainingError(f"training rows {empty[:5]} have an empty query")
-    stats = {
-        "rows": len(table),
-        "responses_truncated": sum(len(r) > limit for r in responses),
-        "queries_truncated": sum(len(q) > b for q, b in zip(queries, budgets, strict=True)),
-        "reference_queries_truncated": sum(
-            len(q) > b for q, b in zip(references, budgets, strict=True)
-        ),
-    }
-    return TokenisedTable(
-        query_ids=[q[-b:] for q, b in zip(queries, budgets, strict=True)],
-        reference_ids=[q[-b:] for q, b in zip(references, budgets, strict=True)],
-        response_ids=cut_responses,
-        stats=stats,
-    )
-
-
-@dataclass
-class Batch:
-    """One padded micro-batch. All tensors are (B, P + R) where P is the shared prompt
-    width and R the response width; response tokens start at column P in both inputs."""
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    position_ids: torch.Tensor
-    ref_input_ids: torch.Tensor
-    ref_attention_mask: torch.Tensor
-    ref_position_ids: torch.Tensor
-    labels: torch.Tensor
-    prompt_width: int
-
-    def to(self, device: torch.device | str) -> Batch:
-        moved = {k: v.to(device) for k, v in vars(self).items() if isinstance(v, torch.Tensor)}
-        return Batch(**moved, prompt_width=self.prompt_width)
-
-
-def _pad(seqs: list[list[int]], width: int, value: int, left: bool) -> torch.Tensor:
-    out = torch.full((len(seqs), width), value, dtype=torch.long)
-    for row, seq in enumerate(seqs):
-        if seq:
-            cols = slice(width - len(seq), width) if left else slice(0, len(seq))
-            out[row, cols] = torch.tensor(seq, dtype=torch.long)
-    return out
-
-
-def _join(
-    prompts: list[list[int]], responses: list[list[int]], width: int, resp_width: int, pad_id: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Left-padded prompts + right-padded responses -> ids, attention mask, position ids."""
-    ids = torch.cat(
-        [_pad(prompts, width, pad_id, left=True), _pad(responses, resp_width, pad_id, left=False)],
-        dim=1,
-    )
-    prompt_len = torch.tensor([len(s) for s in prompts])[:, None]
-    resp_len = torch.tensor([len(s) for s in responses])[:, None]
-    mask = torch.cat(
-        [torch.arange(width) >= width - prompt_len, torch.arange(resp_width) < resp_len], dim=1
-    ).long()
-    # Left padding shifts absolute positions; count them from the first real token.
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    return ids, mask, positions
-
-
-def collate(data: TokenisedTable, indices: Sequence[int], pad_id: int) -> Batch:
-    """Build the policy and reference inputs and the labels for rows `indices`.
-
-    Labels are IGNORE_INDEX except on response tokens (including the EOS appended by
-    `tokenise_train_table`).
-    """
-    queries = [data.query_ids[i] for i in indices]
-    references = [data.reference_ids[i] for i in indices]
-    responses = [data.response_ids[i] for i in indices]
-    width = max(len(q) for q in queries + references)
-    resp_width = max(1, max(len(r) for r in responses))
-    ids, mask, positions = _join(queries, responses, width, resp_width, pad_id)
-    ref_ids, ref_mask, ref_positions = _join(references, responses, width, resp_width, pad_id)
-    labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
-    labels[:, :width] = IGNORE_INDEX
-    return Batch(ids, mask, positions, ref_ids, ref_mask, ref_positions, labels, width)
-
-
-def epoch_batches(
-    num_rows: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1
-) -> list[list[int]]:
-    """Row indices of this process's micro-batches for one epoch.
-
-    The order is a permutation seeded by (seed, epoch), identical on every process. Like
-    torch's DistributedSampler it is padded cyclically to a multiple of world_size, so all
-    processes run the same number of micro-batches (DeepSpeed's collectives need that).
-    """
-    order = np.random.default_rng([seed, epoch]).permutation(num_rows)
-    order = np.resize(order, num_rows + (-num_rows) % world_size)
-    mine = order[rank::world_size].tolist()
-    return [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
-
-
-def linear_warmup_decay(step: int, warmup_steps: int, total_steps: int) -> float:
-    """LR factor of update `step` (0-based): linear rise to 1 over `warmup_steps` updates,
-    then linear decay that would reach 0 one update after the last. Unlike
-    transformers' schedule, the first update does not run at lr 0."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
 
 # --------------------------------------------------------------------------- model
@@ -398,46 +236,11 @@ def _make_accelerator(cfg: TrainingConfig) -> Any:
 
 
 @dataclass
-class _Dist:
-    """Rank and world size as torch.distributed sees them. Accelerate has no CPU backend
-    for DeepSpeed and reports a single process when DeepSpeed runs several on CPUs, so
-    the process group DeepSpeed set up is the source of truth (on GPUs both agree)."""
-
-    rank: int = 0
-    world: int = 1
-
-    @classmethod
-    def current(cls) -> _Dist:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            return cls(dist.get_rank(), dist.get_world_size())
-        return cls()
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.all_reduce(tensor)
-        return tensor
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
-
-
-@dataclass
 class _Loop:
     """What the training loop needs, prepared by `train`."""
 
     accelerator: Any
-    dist: _Dist
+    dist: Dist
     model: Any
     reference: nn.Module | None
     optimizer: Any
@@ -448,6 +251,7 @@ class _Loop:
     pad_id: int
     total_steps: int
     say: Callable[[str], None]
+    state: Checkpointer
 
     @property
     def ref_vocab(self) -> int:
@@ -533,17 +337,26 @@ def _step_record(loop: _Loop, sums: torch.Tensor, step: int, epoch: int, lr: flo
     }
 
 
-def _run_epochs(loop: _Loop) -> list[dict[str, Any]]:
+def _run_epochs(
+    loop: _Loop, progress: Progress, after_step: Callable[[int], None] | None = None
+) -> Progress:
+    """Train from `progress` (step 0, or the step a checkpoint was saved at) to the end.
+
+    The data order is a pure function of (seed, epoch), so a resumed run finds its place
+    from the step number alone: it skips the epochs and accumulation windows already done.
+    """
     cfg, gas = loop.cfg, loop.cfg.gradient_accumulation_steps
-    records: list[dict[str, Any]] = []
-    started = time.time()
+    records = list(progress.records)
+    session_started = time.time()
     loop.model.train()
-    for epoch in range(cfg.epochs):
+    first_epoch, first_window = loop.state.position(progress.step)
+    for epoch in range(first_epoch, cfg.epochs):
         batches = epoch_batches(
             len(loop.data), cfg.per_device_batch_size, loop.seed, epoch,
             loop.dist.rank, loop.dist.world,
         )  # fmt: skip
-        for start in range(0, len(batches), gas):
+        skip = first_window * gas if epoch == first_epoch else 0
+        for start in range(skip, len(batches), gas):
             step = len(records) + 1
             sums = _accumulate(loop, batches[start : start + gas], step)
             lr = loop.scheduler.get_last_lr()[0]  # the rate this update used
@@ -552,17 +365,26 @@ def _run_epochs(loop: _Loop) -> list[dict[str, Any]]:
             loop.scheduler.step()
             loop.optimizer.zero_grad()
             record = _step_record(loop, sums, step, epoch, lr)
-            record["elapsed_s"] = time.time() - started
+            record["elapsed_s"] = progress.train_seconds + time.time() - session_started
             records.append(record)
             loop.say(
                 f"step {step}/{loop.total_steps} epoch {epoch} loss={record['loss']:.4f} "
                 f"nll={record['nll']:.4f} kl={record['kl']:.4f} "
                 f"entropy={record['entropy']:.4f} lr={lr:.3g} grad_norm={record['grad_norm']}"
             )
-    return records
+            loop.state.save_if_due(records, record["elapsed_s"])
+            if after_step is not None:
+                after_step(step)
+    if len(records) != loop.total_steps:  # a bug in the position arithmetic, never data
+        raise TrainingError(
+            f"training ended after {len(records)} steps, expected {loop.total_steps} "
+            f"(resumed from step {progress.resumed_from}); delete {loop.state.state_dir} and rerun"
+        )
+    seconds = progress.train_seconds + time.time() - session_started
+    return Progress(len(records), records, seconds, progress.resumed_from)
 
 
-def _save_checkpoint(loop: _Loop, tokenizer: Any, output_dir: str) -> None:
+def _save_model(loop: _Loop, tokenizer: Any, output_dir: str) -> None:
     """Save a standard Hugging Face checkpoint (safetensors) that vLLM and transformers load."""
     # Every process must call this: under ZeRO-3 the weights are gathered collectively.
     state_dict = loop.accelerator.get_state_dict(loop.model)
@@ -578,7 +400,8 @@ def _save_checkpoint(loop: _Loop, tokenizer: Any, output_dir: str) -> None:
     loop.dist.barrier()
 
 
-def _summarise(records: list[dict[str, Any]], seconds: float, **extra: Any) -> dict[str, Any]:
+def _summarise(progress: Progress, **extra: Any) -> dict[str, Any]:
+    records, seconds = progress.records, progress.train_seconds
     tokens = sum(r["tokens"] for r in records)
     means = {f"mean_{k}": float(np.mean([r[k] for r in records])) for k in LOSS_TERMS}
     return {
@@ -589,12 +412,13 @@ def _summarise(records: list[dict[str, Any]], seconds: float, **extra: Any) -> d
         "tokens": tokens,
         "response_tokens": sum(r["response_tokens"] for r in records),
         "tokens_per_s": tokens / max(seconds, 1e-9),
+        "resumed_from_step": progress.resumed_from,
         **extra,
     }
 
 
 def _prepare(
-    spec: TrainSpec, accelerator: Any, dist: _Dist, log: Callable[[str], None]
+    spec: TrainSpec, accelerator: Any, dist: Dist, key: str, log: Callable[[str], None]
 ) -> tuple[_Loop, Any, dict[str, Any]]:
     """Load the models and data, build the optimizer and schedule, wrap with DeepSpeed."""
     cfg = spec.training
@@ -606,7 +430,8 @@ def _prepare(
     if any(v for k, v in data.stats.items() if k != "rows"):
         say(f"warning: truncated to training.max_seq_len={cfg.max_seq_len}: {data.stats}")
     micro_per_epoch = math.ceil(math.ceil(len(data) / dist.world) / cfg.per_device_batch_size)
-    total_steps = cfg.epochs * math.ceil(micro_per_epoch / cfg.gradient_accumulation_steps)
+    steps_per_epoch = math.ceil(micro_per_epoch / cfg.gradient_accumulation_steps)
+    total_steps = cfg.epochs * steps_per_epoch
     warmup = math.ceil(cfg.warmup_ratio * total_steps)
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad],
@@ -630,43 +455,67 @@ def _prepare(
         f"{freeze['blocks_trained']}/{freeze['blocks']}; {added} token(s) added"
     )
     pad_id = next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)
+    state = Checkpointer(
+        accelerator, dist, spec.resolved_state_dir, key, spec.checkpoint_every,
+        spec.keep_checkpoints, total_steps, steps_per_epoch, say,
+    )  # fmt: skip
     loop = _Loop(accelerator, dist, model, reference, optimizer, scheduler, data, cfg,
-                 spec.seed, pad_id, total_steps, say)  # fmt: skip
+                 spec.seed, pad_id, total_steps, say, state)  # fmt: skip
     facts = {"added_tokens": added, "truncation": data.stats, "freeze": freeze}
     return loop, tokenizer, facts
 
 
-def train(spec: TrainSpec, log: Callable[[str], None] = print) -> dict[str, Any]:
+def train(
+    spec: TrainSpec,
+    log: Callable[[str], None] = print,
+    after_step: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
     """Run conditional SFT as described by `spec`; returns the summary also written to
     `<output_dir>/train_metrics.json` next to the checkpoint. Must run in a process of
-    its own (see `alt_core.train_worker`): it sets up torch.distributed."""
+    its own (see `alt_core.train_worker`): it sets up torch.distributed.
+
+    Resumable: the full state is saved under `spec.resolved_state_dir`; run again with
+    the same spec after a crash, training continues from the newest complete checkpoint,
+    and once the final model is written a rerun returns its summary without training.
+    `after_step(step)` runs on every process after each optimizer step (and its
+    checkpoint, if one was due).
+    """
     from accelerate.utils import set_seed
 
     started = time.time()
+    key = resume_key(spec)
+    done = finished_summary(spec, key)
+    if done is not None:
+        log(f"training already finished: {spec.output_dir} holds its final model; nothing to do")
+        return done
     _check_paths(spec)
     accelerator = _make_accelerator(spec.training)
-    dist = _Dist.current()
+    dist = Dist.current()
     set_seed(spec.seed)
-    loop, tokenizer, facts = _prepare(spec, accelerator, dist, log)
-    train_started = time.time()
-    records = _run_epochs(loop)
-    train_seconds = time.time() - train_started
-    _save_checkpoint(loop, tokenizer, spec.output_dir)
-    summary = _summarise(
-        records,
-        train_seconds,
-        total_seconds=time.time() - started,
-        rows=len(loop.data),
-        epochs=spec.training.epochs,
-        num_processes=dist.world,
-        zero_stage=spec.training.zero_stage,
-        mixed_precision=str(accelerator.mixed_precision),
-        **facts,
-        output_dir=spec.output_dir,
-    )
-    if dist.is_main:
-        metrics = {"summary": summary, "steps": records, "spec": spec.model_dump(mode="json")}
-        write_json(str(Path(spec.output_dir) / METRICS_FILE), metrics)
-    dist.barrier()
+    loop, tokenizer, facts = _prepare(spec, accelerator, dist, key, log)
+    with state_lock(loop.state.state_dir, enabled=dist.is_main):
+        progress = _run_epochs(loop, loop.state.resume(), after_step)
+        _save_model(loop, tokenizer, spec.output_dir)
+        summary = _summarise(
+            progress,
+            total_seconds=time.time() - started,
+            rows=len(loop.data),
+            epochs=spec.training.epochs,
+            num_processes=dist.world,
+            zero_stage=spec.training.zero_stage,
+            mixed_precision=str(accelerator.mixed_precision),
+            **facts,
+            output_dir=spec.output_dir,
+            state_dir=str(loop.state.state_dir),
+        )
+        if dist.is_main:
+            metrics = {
+                "summary": summary,
+                "steps": progress.records,
+                "spec": spec.model_dump(mode="json"),
+                "resume_key": key,
+            }
+            write_json(str(Path(spec.output_dir) / METRICS_FILE), metrics)
+        dist.barrier()
     accelerator.end_training()
     return summary

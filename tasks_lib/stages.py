@@ -8,6 +8,7 @@ iteration, stage and shard, never on the flow-run id.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -192,6 +193,7 @@ def train_policy(
     reference: str,
 ) -> dict[str, Any]:
     """Conditional SFT of the policy of iteration k-1 into the policy of iteration k."""
+    from alt_core.train_state import finished_summary
     from alt_core.train_worker import launch_training
     from alt_core.training import TrainSpec
 
@@ -200,10 +202,7 @@ def train_policy(
     if reuse(out_uri, fp, f"policy of iteration {iteration}"):
         return {"uri": out_uri, "skipped": True, **_train_summary(out_uri)}
     remote = store.is_remote(out_uri)
-    local_out = (
-        Path(tempfile.mkdtemp(prefix="alt-policy-")) if remote else Path(f"{out_uri}.partial")
-    )
-    shutil.rmtree(local_out, ignore_errors=True)
+    local_out = _local_training_dir(config, out_uri) if remote else Path(f"{out_uri}.partial")
     spec = TrainSpec(
         policy_path=resolve_model(policy_in, config),
         reference_path=resolve_model(reference, config) if config.training.kl_coef > 0 else None,
@@ -212,7 +211,13 @@ def train_policy(
         training=config.training,
         added_tokens=pipeline.added_tokens(config),
         seed=pipeline.stage_seed(config, iteration, "train"),
+        checkpoint_every=config.training.checkpoint_every,
+        keep_checkpoints=config.training.keep_checkpoints,
     )
+    if finished_summary(spec) is None:
+        # A finished-but-uncommitted model is kept; anything else in the partial output is
+        # redone. The training state next to it survives, so a killed training resumes.
+        shutil.rmtree(local_out, ignore_errors=True)
     update = progress(f"train-iter-{iteration}", f"training, iteration {iteration}")
     pool = slot_pool("train", 1, config.training.num_processes)
     with pool.slot() as env:
@@ -225,8 +230,16 @@ def train_policy(
             shutil.rmtree(out_uri)
         os.replace(local_out, out_uri)
         store.put_dir(out_uri, out_uri, meta={"iteration": iteration, "fingerprint": fp})
+    shutil.rmtree(spec.resolved_state_dir, ignore_errors=True)
     update(100.0)
     return {"uri": out_uri, **summary}
+
+
+def _local_training_dir(config: RunConfig, out_uri: str) -> Path:
+    """A fixed local folder per remote policy URI, so a restarted training finds its state."""
+    digest = hashlib.sha256(out_uri.encode()).hexdigest()[:16]
+    root = Path(config.storage.local_scratch or tempfile.gettempdir())
+    return root / "alt-train" / digest / "policy.partial"
 
 
 def _train_summary(policy_uri: str) -> dict[str, Any]:
