@@ -114,10 +114,64 @@ def recorded_fingerprint(uri: str) -> str | None:
 
 
 def state(uri: str, expected: str) -> State:
-    if not (store.is_committed(uri) or store.dir_committed(uri)):
+    """A table counts as committed only if its bytes still match the commit hash, so a
+    corrupted output is redone rather than trained on."""
+    if not (store.is_committed(uri, verify=True) or store.dir_committed(uri)):
         return "missing"
     return "committed" if recorded_fingerprint(uri) == expected else "stale"
 
 
 def is_current(uri: str, expected: str) -> bool:
     return state(uri, expected) == "committed"
+
+
+# The fingerprint of each stage, computed the same way by the tasks that run it and by
+# `alt status`, which reports what a rerun would reuse, redo or do for the first time.
+
+
+def sample_fingerprint(config: RunConfig, spec: dict) -> str:
+    return fingerprint(
+        config,
+        "sample",
+        [spec["prompts_uri"], spec["model_path"]],
+        start=spec["start"],
+        stop=spec["stop"],
+        seed=spec["seed"],
+        params=spec["params"],
+    )
+
+
+def feedback_fingerprint(config: RunConfig, samples_uri: str) -> str:
+    return fingerprint(config, "feedback", [samples_uri])
+
+
+def datapool_fingerprint(
+    config: RunConfig, feedback_uris: list[str], previous_pool: list[str]
+) -> str:
+    return fingerprint(config, "datapool", [*feedback_uris, *previous_pool])
+
+
+def train_fingerprint(config: RunConfig, train_uri: str, policy_in: str, reference: str) -> str:
+    return fingerprint(config, "train", [train_uri, policy_in, reference])
+
+
+def join_fingerprint(config: RunConfig, feedback_uris: list[str]) -> str:
+    return fingerprint(config, "perplexity", feedback_uris, join=True)
+
+
+def perplexity_fingerprint(config: RunConfig, scored_uri: str, reference: str) -> str:
+    return fingerprint(config, "perplexity", [scored_uri, reference])
+
+
+def prompts_fingerprint(
+    config: RunConfig, train_prompts_uri: str, iteration: int, exemplar: str | None
+) -> str:
+    return fingerprint(
+        config, "prompts", [train_prompts_uri], iteration=iteration, exemplar=exemplar
+    )
+
+
+def eval_prompts_fingerprint(
+    config: RunConfig, valid_prompts_uri: str, exemplar: str | None
+) -> str:
+    return fingerprint(config, "eval_prompts", [valid_prompts_uri], exemplar=exemplar)

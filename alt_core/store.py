@@ -359,5 +359,10 @@ class RunLayout:
         return join(self.run_dir, "config.yaml")
 
     @property
+    def inputs(self) -> str:
+        """Where the run's starting model and prompt sets were resolved to."""
+        return join(self.run_dir, "inputs.json")
+
+    @property
     def metrics(self) -> str:
         return join(self.run_dir, "metrics.json")

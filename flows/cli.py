@@ -4,6 +4,7 @@
     alt run --preset demo method=quark iterations=2
     alt run --config my.yaml --run-dir s3://bucket/runs/exp1 training.learning_rate=1e-5
     alt resume RUN_DIR                          # finish a run, redoing only what is missing
+    alt status RUN_DIR                          # what is committed, stale or missing
     alt config --preset demo                    # print the resolved configuration
     alt presets                                 # list the presets
 
@@ -52,6 +53,10 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--config")
     cfg.add_argument("overrides", nargs="*")
 
+    status = sub.add_parser("status", help="per iteration and stage: committed, stale, missing")
+    status.add_argument("run_dir")
+    status.add_argument("overrides", nargs="*", help="check against these changed settings")
+
     sub.add_parser("presets", help="list the built-in presets")
     return p
 
@@ -80,15 +85,19 @@ def existing_config(run_dir: str) -> RunConfig | None:
     return validate_config(yaml.safe_load(store.read_bytes(layout.config)))
 
 
-def check_same_config(run_dir: str, config: RunConfig) -> None:
+def report_changed_config(run_dir: str, config: RunConfig) -> None:
+    """Continuing a run with other settings is allowed: say what changed; the stages
+    those settings affect are redone (their fingerprints no longer match)."""
     previous = existing_config(run_dir)
     if previous is None or previous == config:
         return
     old, new = previous.model_dump(mode="json"), config.model_dump(mode="json")
     changed = sorted(_diff(old, new))
-    raise ConfigError(
-        f"{run_dir} holds a run with a different configuration (changed: {', '.join(changed)}). "
-        "Use `alt resume RUN_DIR` to finish it as configured, or choose a new --run-dir."
+    print(
+        f"note: {run_dir} was run with other settings (changed: {', '.join(changed)}); "
+        "stages those settings affect, and what depends on them, will be redone. "
+        f"`alt status {run_dir}` shows which.",
+        file=sys.stderr,
     )
 
 
@@ -114,6 +123,33 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     for row in formatted:
         table.add_row(*row.values())
     Console(width=max(120, Console().width)).print(table)
+
+
+def show_status(run_dir: str, overrides: list[str]) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from alt_core.status import run_status
+
+    config = existing_config(run_dir)
+    if config is None:
+        raise ConfigError(f"{run_dir} holds no run (no config.yaml); check the path")
+    if overrides:
+        from alt_core.config import apply_overrides
+
+        config = validate_config(apply_overrides(config.model_dump(mode="json"), overrides))
+    rows = run_status(run_dir, config)
+    colours = {"committed": "green", "stale": "yellow", "missing": "red"}
+    table = Table(title=f"status of {run_dir}")
+    for col in ("iteration", "stage", "state", "detail"):
+        table.add_column(col)
+    for row in rows:
+        state = f"[{colours[row['state']]}]{row['state']}[/]"
+        table.add_row(str(row["iteration"]), row["stage"], state, row["detail"])
+    Console().print(table)
+    counts = {s: sum(r["state"] == s for r in rows) for s in colours}
+    print(", ".join(f"{n} {s}" for s, n in counts.items()))
+    return 0
 
 
 def execute(config: RunConfig, run_dir: str) -> int:
@@ -146,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
             config = load_config(args.preset, args.config, args.overrides)
             print(dump_config(config), end="")
             return 0
+        if args.command == "status":
+            return show_status(args.run_dir, args.overrides)
         if args.command == "resume":
             config = existing_config(args.run_dir)
             if config is None:
@@ -157,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = args.run_dir or _default_run_dir(config)
         if not store.is_remote(run_dir):
             run_dir = os.path.abspath(run_dir)
-        check_same_config(run_dir, config)
+        report_changed_config(run_dir, config)
         return execute(config, run_dir)
     except (ConfigError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -18,9 +18,10 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from alt_core import fingerprints as fps
 from alt_core import pipeline, store
 from alt_core.config import RunConfig, dump_config
-from alt_core.fingerprints import fingerprint, state
+from alt_core.fingerprints import state
 from alt_core.procs import run_worker
 from alt_core.store import RunLayout
 from tasks_lib.common import WORKER_ENV, logger, progress, slot_pool, worker_log
@@ -48,8 +49,9 @@ def resolve_model(uri: str, config: RunConfig) -> str:
 def prepare_run(config: RunConfig, run_dir: str) -> dict[str, str]:
     """Record the config and resolve the starting model and prompt sets."""
     layout = RunLayout(run_dir)
-    if not store.exists(layout.config):
-        store.write_bytes_atomic(layout.config, dump_config(config).encode())
+    text = dump_config(config).encode()
+    if not store.exists(layout.config) or store.read_bytes(layout.config) != text:
+        store.write_bytes_atomic(layout.config, text)
     if config.data.source == "demo":
         from alt_core.demo import ensure_demo_assets
 
@@ -86,6 +88,7 @@ def prepare_run(config: RunConfig, run_dir: str) -> dict[str, str]:
         inputs.valid_prompts_uri = store.join(run_dir, "data", "valid_prompts.parquet")
         if not store.is_committed(inputs.valid_prompts_uri):
             store.write_table(inputs.valid_prompts_uri, valid)
+    store.write_json(RunLayout(run_dir).inputs, inputs.to_dict())
     return inputs.to_dict()
 
 
@@ -94,9 +97,7 @@ def draw_prompts(config: RunConfig, run_dir: str, iteration: int, inputs: dict) 
     layout = RunLayout(run_dir)
     uri = layout.table(iteration, "prompts", "prompts")
     exemplar = pipeline.exemplar_for(config, layout, iteration)
-    fp = fingerprint(
-        config, "prompts", [inputs["train_prompts_uri"]], iteration=iteration, exemplar=exemplar
-    )
+    fp = fps.prompts_fingerprint(config, inputs["train_prompts_uri"], iteration, exemplar)
     if reuse(uri, fp, f"prompts of iteration {iteration}"):
         return uri
     return pipeline.draw_iteration_prompts(
@@ -109,7 +110,7 @@ def eval_prompts(config: RunConfig, run_dir: str, iteration: int, inputs: dict) 
     layout = RunLayout(run_dir)
     uri = layout.table(iteration, "eval", "prompts")
     exemplar = pipeline.eval_exemplar(config, layout, iteration)
-    fp = fingerprint(config, "eval_prompts", [inputs["valid_prompts_uri"]], exemplar=exemplar)
+    fp = fps.eval_prompts_fingerprint(config, inputs["valid_prompts_uri"], exemplar)
     if reuse(uri, fp, f"validation prompts of iteration {iteration}"):
         return uri
     valid = store.read_table(inputs["valid_prompts_uri"])
@@ -119,15 +120,7 @@ def eval_prompts(config: RunConfig, run_dir: str, iteration: int, inputs: dict) 
 @task(name="sample-shard", cache_policy=NO_CACHE, retries=STAGE_RETRIES, retry_delay_seconds=5)
 def sample_shard(config: RunConfig, spec: dict[str, Any], name: str) -> dict[str, Any]:
     """Generate one shard in its own process, in a device slot of its own."""
-    fp = fingerprint(
-        config,
-        "sample",
-        [spec["prompts_uri"], spec["model_path"]],
-        start=spec["start"],
-        stop=spec["stop"],
-        seed=spec["seed"],
-        params=spec["params"],
-    )
+    fp = fps.sample_fingerprint(config, spec)
     if reuse(spec["output_uri"], fp, name):
         return {"uri": spec["output_uri"], "skipped": True}
     s = config.sampling
@@ -148,7 +141,7 @@ def sample_shard(config: RunConfig, spec: dict[str, Any], name: str) -> dict[str
 @task(name="feedback-shard", cache_policy=NO_CACHE, retries=STAGE_RETRIES, retry_delay_seconds=5)
 def feedback_shard(config: RunConfig, spec: dict[str, Any], name: str) -> dict[str, Any]:
     """Score one samples shard in its own process (reward model, judge or scorer)."""
-    fp = fingerprint(config, "feedback", [spec["input_uri"]])
+    fp = fps.feedback_fingerprint(config, spec["input_uri"])
     if reuse(spec["output_uri"], fp, name):
         return {"uri": spec["output_uri"], "skipped": True}
     spec = {**spec, "fingerprint": fp}
@@ -173,7 +166,7 @@ def update_datapool(
     pool_uri = layout.table(iteration, "datapool", "pool")
     train_uri = layout.table(iteration, "datapool", "train")
     previous = [layout.table(iteration - 1, "datapool", "pool")] if iteration > 1 else []
-    fp = fingerprint(config, "datapool", [*feedback_uris, *previous])
+    fp = fps.datapool_fingerprint(config, feedback_uris, previous)
     what = f"datapool of iteration {iteration}"
     if reuse(pool_uri, fp, what) and reuse(train_uri, fp, what):
         from alt_core.datapool import pool_stats
@@ -198,7 +191,7 @@ def train_policy(
     from alt_core.training import TrainSpec
 
     out_uri = RunLayout(run_dir).policy(iteration)
-    fp = fingerprint(config, "train", [train_uri, policy_in, reference])
+    fp = fps.train_fingerprint(config, train_uri, policy_in, reference)
     if reuse(out_uri, fp, f"policy of iteration {iteration}"):
         return {"uri": out_uri, "skipped": True, **_train_summary(out_uri)}
     remote = store.is_remote(out_uri)
@@ -251,7 +244,7 @@ def _train_summary(policy_uri: str) -> dict[str, Any]:
 
 @task(name="reference-perplexity", cache_policy=NO_CACHE, retries=STAGE_RETRIES)
 def reference_perplexity(config: RunConfig, input_uri: str, output_uri: str, reference: str) -> str:
-    fp = fingerprint(config, "perplexity", [input_uri, reference])
+    fp = fps.perplexity_fingerprint(config, input_uri, reference)
     if reuse(output_uri, fp, "reference perplexity"):
         return output_uri
     spec = {
@@ -274,7 +267,7 @@ def reference_perplexity(config: RunConfig, input_uri: str, output_uri: str, ref
 
 @task(name="join-eval-feedback", cache_policy=NO_CACHE, retries=STAGE_RETRIES)
 def join_eval_feedback(config: RunConfig, uri: str, feedback_uris: list[str]) -> str:
-    fp = fingerprint(config, "perplexity", feedback_uris, join=True)
+    fp = fps.join_fingerprint(config, feedback_uris)
     if reuse(uri, fp, "evaluation feedback"):
         return uri
     scored = pipeline.eval_frame(store.read_tables(feedback_uris))
