@@ -20,6 +20,7 @@ import pandas as pd
 
 from alt_core import store
 from alt_core.config import RunConfig
+from alt_core.faults import crash_if
 from alt_core.methods import condition_prompts, default_exemplar, quantile_tokens, uses_judge
 from alt_core.sampling import EngineSettings, GenerationParams, SampleSpec
 from alt_core.schemas import EVAL, PROMPTS
@@ -195,6 +196,7 @@ def update_datapool(
         )
     meta = {"fingerprint": fingerprint}
     pool_uri = store.write_table(layout.table(iteration, "datapool", "pool"), pool, meta=meta)
+    crash_if("datapool")
     train_uri = store.write_table(layout.table(iteration, "datapool", "train"), train, meta=meta)
     return {"pool_uri": pool_uri, "train_uri": train_uri, "stats": pool_stats(pool)}
 

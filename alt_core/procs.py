@@ -74,7 +74,7 @@ def run_worker(
         rc = proc.wait()
     except BaseException:
         # The parent is being stopped: take the whole shard process group down with it.
-        _kill_group(proc)
+        kill_process_group(proc)
         raise
     finally:
         Path(spec_path).unlink(missing_ok=True)
@@ -84,7 +84,7 @@ def run_worker(
     return result
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+def kill_process_group(proc: subprocess.Popen) -> None:
     with suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import pandas as pd
 
 from alt_core import store
+from alt_core.faults import crash_if, shard_point
 from alt_core.schemas import PROMPTS, SAMPLES, require_columns
 
 
@@ -222,6 +223,7 @@ def sample_shard(spec: SampleSpec, log=print) -> dict[str, Any]:
     generations = backend.generate(prompt_ids, spec.params, seeds)
     t2 = time.perf_counter()
     df = samples_frame(prompts.reset_index(drop=True), generations)
+    crash_if(shard_point(spec.output_uri))
     store.write_table(spec.output_uri, df, meta={"fingerprint": spec.fingerprint})
     tokens = int(df["num_tokens"].sum())
     return {

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -36,6 +35,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from alt_core.faults import kill_run
+from alt_core.procs import kill_process_group
 from alt_core.train_state import finished_summary
 from alt_core.training import TrainingError, TrainSpec, train
 
@@ -80,8 +81,9 @@ def crash_hook(environ: Mapping[str, str] | None = None) -> Callable[[int], None
 
     def kill_after(step: int) -> None:
         if step == fail_at:
-            sys.stdout.flush()
-            os.kill(os.getpid(), signal.SIGKILL)
+            # The whole run goes down when the CLI recorded its process group; a lone
+            # worker (the trainer's own tests) goes down alone.
+            kill_run()
 
     return kill_after
 
@@ -161,19 +163,30 @@ def launch_training(
         spec_path = Path(tmp) / "spec.json"
         spec_path.write_text(spec.to_json())
         cmd = worker_command(spec, spec_path)
+        # Its own session: the training processes (all ranks under `accelerate launch`)
+        # form one group that goes down together when the parent is stopped.
         proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_child_env(env)
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_child_env(env),
+            start_new_session=True,
         )
-        reader = threading.Thread(target=pump_stderr, args=(proc.stderr,), daemon=True)
-        reader.start()
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            line = raw.rstrip("\n")
-            if line.startswith('{"' + SUMMARY_KEY + '"'):
-                summary = json.loads(line)[SUMMARY_KEY]
-            emit(line)
-        code = proc.wait()
-        reader.join()
+        try:
+            reader = threading.Thread(target=pump_stderr, args=(proc.stderr,), daemon=True)
+            reader.start()
+            assert proc.stdout is not None
+            for raw in proc.stdout:
+                line = raw.rstrip("\n")
+                if line.startswith('{"' + SUMMARY_KEY + '"'):
+                    summary = json.loads(line)[SUMMARY_KEY]
+                emit(line)
+            code = proc.wait()
+            reader.join()
+        except BaseException:
+            kill_process_group(proc)
+            raise
     if code != 0:
         # A negative code is a signal: SIGKILL (-9) usually means the host ran out of memory.
         how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from alt_core import store
+from alt_core.faults import crash_if, shard_point
 from alt_core.procs import emit_result
 
 
@@ -45,6 +46,7 @@ def run_feedback(spec: dict[str, Any]) -> dict[str, Any]:
     for col in FEEDBACK:
         if col not in out.columns:
             out[col] = scored[col].to_numpy() if col in scored.columns else None
+    crash_if(shard_point(spec["output_uri"]))
     store.write_table(
         spec["output_uri"], out[FEEDBACK], meta={"fingerprint": spec.get("fingerprint", "")}
     )
@@ -69,6 +71,7 @@ def run_perplexity(spec: dict[str, Any]) -> dict[str, Any]:
         spec.get("batch_size", 16),
     )
     df["ref_nll"] = nll
+    crash_if("perplexity")
     df["ref_tokens"] = count
     store.write_table(spec["output_uri"], df, meta={"fingerprint": spec.get("fingerprint", "")})
     return {"rows": len(df)}

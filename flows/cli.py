@@ -30,6 +30,7 @@ from alt_core.config import (
     load_config,
     validate_config,
 )
+from alt_core.faults import RUN_PGID_ENV
 from alt_core.store import RunLayout
 
 
@@ -174,6 +175,8 @@ def execute(config: RunConfig, run_dir: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # Fault injection (alt_core.faults) ends the whole run through this process group.
+    os.environ.setdefault(RUN_PGID_ENV, str(os.getpgid(0)))
     try:
         if args.command == "presets":
             print("\n".join(list_presets()))

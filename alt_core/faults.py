@@ -1,0 +1,45 @@
+"""Fault injection for the resume tests: end the whole run at a named point.
+
+With `ALT_FAULT_POINT=<point>` in the environment, the code that reaches that point
+SIGKILLs the run's process group (the `alt` process, recorded in `ALT_RUN_PGID` by the
+command line) and its own, the way a lost machine or the OOM killer ends a run: no
+exception handler, no cleanup. Points: `<stage>:<shard>` for shard workers (for example
+`train_samples:1`, `train_feedback:0`), `datapool` (between the pool and the training
+set writes), `perplexity` (evaluation); training uses `ALT_TRAIN_FAIL_AT_STEP=N`.
+Unset, every check is one dictionary lookup.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import sys
+
+FAULT_ENV = "ALT_FAULT_POINT"
+RUN_PGID_ENV = "ALT_RUN_PGID"
+
+
+def shard_point(output_uri: str) -> str:
+    """`.../iter_001/train_samples/shard_001.parquet` -> `train_samples:1`."""
+    m = re.search(r"/([a-z_]+)/shard_(\d+)\.parquet$", output_uri)
+    return f"{m.group(1)}:{int(m.group(2))}" if m else output_uri
+
+
+def kill_run() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pgid = os.environ.get(RUN_PGID_ENV)
+    if pgid:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(int(pgid), signal.SIGKILL)
+    try:
+        os.killpg(os.getpgid(0), signal.SIGKILL)
+    finally:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def crash_if(point: str) -> None:
+    if os.environ.get(FAULT_ENV) == point:
+        kill_run()

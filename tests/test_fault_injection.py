@@ -1,0 +1,186 @@
+"""Kill the run inside each stage, resume it, and get the uninterrupted result.
+
+Each faulty run is the real `alt` command in its own process group, SIGKILLed (group and
+all) from inside a stage by `alt_core.faults`; `alt resume` then finishes it. The final
+datapool and metrics must equal those of an uninterrupted run with the same seeds, and
+only the lost work may be redone. Sampling uses transformers' generate here (the
+pipeline, not the engine, is under test; the vLLM path has its own integration tests),
+which keeps the ten runs of this module within a few minutes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from test_flow_integration import tiny_run_config
+
+from alt_core import store
+from alt_core.store import RunLayout
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+SHARDS = ("train_samples", "train_feedback", "eval_samples", "eval_feedback")
+
+
+@pytest.fixture(scope="module")
+def fault_config(tmp_path_factory, tiny_model_dir) -> Path:
+    tmp = tmp_path_factory.mktemp("faults")
+    config = tiny_run_config(
+        tmp,
+        tiny_model_dir,
+        sampling={"backend": "hf", "num_generations": 5, "max_new_tokens": 12, "num_shards": 2},
+        training={
+            "learning_rate": 1e-3,
+            "epochs": 1,
+            "per_device_batch_size": 4,
+            "kl_coef": 0.05,
+            "entropy_coef": 0.01,
+            "max_seq_len": 64,
+            "checkpoint_every": 2,
+        },
+    )
+    path = tmp / "config.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    return path
+
+
+@pytest.fixture(scope="module")
+def api_env(prefect_harness) -> dict[str, str]:
+    """Runs in child processes talk to the session's Prefect API instead of each
+    starting a temporary server of their own."""
+    from prefect.settings import PREFECT_API_URL
+
+    return {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+
+
+def alt(args: list[str], env: dict[str, str], timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        start_new_session=True,
+    )
+
+
+def outcome(run_dir: str) -> tuple[pd.DataFrame, list[dict]]:
+    layout = RunLayout(run_dir)
+    pool = store.read_table(layout.table(1, "datapool", "pool"))
+    pool = pool.sort_values(["prompt_id", "generation", "reward"]).reset_index(drop=True)
+    rows = store.read_json(layout.metrics)["iterations"]
+    timeless = [
+        {k: v for k, v in r.items() if not k.endswith("_s") and k != "skipped"} for r in rows
+    ]
+    return pool, timeless
+
+
+def commit_times(run_dir: str) -> dict[str, float]:
+    layout = RunLayout(run_dir)
+    times = {}
+    for stage in SHARDS:
+        for i in range(2):
+            info = store.commit_info(layout.shard(1, stage, i))
+            if info:
+                times[f"{stage}:{i}"] = info["committed_at"]
+    return times
+
+
+@pytest.fixture(scope="module")
+def reference(fault_config, api_env, tmp_path_factory):
+    run_dir = str(tmp_path_factory.mktemp("reference") / "run")
+    done = alt(["run", "--config", str(fault_config), "--run-dir", run_dir], api_env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return run_dir, outcome(run_dir)
+
+
+@pytest.mark.parametrize(
+    ("fault", "value"),
+    [
+        ("ALT_FAULT_POINT", "train_samples:1"),
+        ("ALT_FAULT_POINT", "train_feedback:0"),
+        ("ALT_FAULT_POINT", "datapool"),
+        ("ALT_TRAIN_FAIL_AT_STEP", "5"),
+        ("ALT_FAULT_POINT", "perplexity"),
+    ],
+)
+def test_kill_inside_a_stage_then_resume(fault, value, fault_config, api_env, reference, tmp_path):
+    run_dir = str(tmp_path / "run")
+    killed = alt(
+        ["run", "--config", str(fault_config), "--run-dir", run_dir], {**api_env, fault: value}
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert not store.exists(RunLayout(run_dir).metrics)
+    before = commit_times(run_dir)
+
+    resumed = alt(["resume", run_dir], api_env)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert resumed.stdout.strip().splitlines()[-1] == f"run dir: {run_dir}"
+
+    # Work committed before the kill was not redone.
+    after = commit_times(run_dir)
+    assert {k: after[k] for k in before} == before
+    # Same rows (none lost, none duplicated) and the same metrics as without the kill.
+    ref_pool, ref_metrics = reference[1]
+    pool, metrics = outcome(run_dir)
+    pd.testing.assert_frame_equal(pool, ref_pool)
+    assert_same_metrics(metrics, ref_metrics)
+
+
+def assert_same_metrics(a: list[dict], b: list[dict]) -> None:
+    assert len(a) == len(b)
+    for ra, rb in zip(a, b, strict=True):
+        assert ra.keys() == rb.keys()
+        for key in ra:
+            if isinstance(ra[key], float):
+                assert ra[key] == pytest.approx(rb[key], rel=1e-6, abs=1e-9), key
+            else:
+                assert ra[key] == rb[key], key
+
+
+def test_corrupt_artifact_is_detected_and_only_it_redone(reference, api_env, tmp_path):
+    import shutil
+
+    run_dir = str(tmp_path / "run")
+    shutil.copytree(reference[0], run_dir)
+    layout = RunLayout(run_dir)
+    victim = Path(layout.shard(1, "train_feedback", 0))
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    before = commit_times(run_dir)
+
+    status = alt(["status", run_dir], api_env)
+    assert status.returncode == 0 and "missing" in status.stdout
+
+    resumed = alt(["resume", run_dir], api_env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    after = commit_times(run_dir)
+    redone = sorted(k for k in after if after[k] != before.get(k))
+    assert redone == ["train_feedback:0"]
+    pool, metrics = outcome(run_dir)
+    pd.testing.assert_frame_equal(pool, reference[1][0])
+    assert_same_metrics(metrics, reference[1][1])
+
+
+def test_status_of_finished_run_and_changed_setting(reference, api_env, fault_config):
+    from alt_core.config import load_config
+    from alt_core.status import run_status
+
+    run_dir = reference[0]
+    done = alt(["status", run_dir], api_env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1].startswith("9 committed, 0 stale, 0 missing")
+    # A training setting leaves sampling, feedback and the pool valid; training and
+    # everything evaluated from the new policy become stale.
+    changed = load_config(config_file=str(fault_config), overrides=["training.learning_rate=0.002"])
+    states = {row["stage"]: row["state"] for row in run_status(run_dir, changed)}
+    assert states["prompts"] == states["train samples"] == states["datapool"] == "committed"
+    assert states["train"] == states["eval samples"] == states["eval"] == "stale"
