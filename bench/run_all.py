@@ -1,0 +1,29 @@
+"""`make bench`: every benchmark, each printing its side-by-side ratio on one line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BENCHES = ["bench_sampling.py", "bench_judge.py", "bench_resume.py"]
+
+
+def main() -> int:
+    failed = []
+    for name in BENCHES:
+        print(f"== {name}", flush=True)
+        done = subprocess.run([sys.executable, str(HERE / name)], capture_output=True, text=True)
+        lines = [ln for ln in done.stdout.splitlines() if ln.strip()]
+        print("\n".join(lines[-3:]) if lines else "(no output)", flush=True)
+        if done.returncode != 0:
+            failed.append(name)
+            print(done.stderr[-2000:], file=sys.stderr)
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
