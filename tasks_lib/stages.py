@@ -27,6 +27,8 @@ from alt_core.store import RunLayout
 from tasks_lib.common import WORKER_ENV, logger, progress, slot_pool, worker_log
 
 STAGE_RETRIES = 1
+# Feedback providers that load a model and so run in a process and device slot of their own.
+DEVICE_PROVIDERS = {"reward_model"}
 
 
 def reuse(uri: str, expected: str, what: str) -> bool:
@@ -140,13 +142,20 @@ def sample_shard(config: RunConfig, spec: dict[str, Any], name: str) -> dict[str
 
 @task(name="feedback-shard", cache_policy=NO_CACHE, retries=STAGE_RETRIES, retry_delay_seconds=5)
 def feedback_shard(config: RunConfig, spec: dict[str, Any], name: str) -> dict[str, Any]:
-    """Score one samples shard in its own process (reward model, judge or scorer)."""
+    """Score one samples shard: a reward model in its own process and device slot; a
+    lexicon scorer or a remote judge, which need no device, in this process."""
     fp = fps.feedback_fingerprint(config, spec["input_uri"])
     if reuse(spec["output_uri"], fp, name):
         return {"uri": spec["output_uri"], "skipped": True}
     spec = {**spec, "fingerprint": fp}
     pool = slot_pool("feedback", config.feedback.concurrency)
     with pool.slot() as env:
+        if config.feedback.provider not in DEVICE_PROVIDERS:
+            from alt_core.worker import run_feedback
+
+            result = run_feedback(spec)
+            logger().info(f"{name}: {result}")
+            return {"uri": spec["output_uri"], **result}
         result = run_worker(
             ["alt_core.worker", "feedback"],
             spec,
