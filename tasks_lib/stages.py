@@ -128,16 +128,7 @@ def sample_shard(config: RunConfig, spec: dict[str, Any], name: str) -> dict[str
     s = config.sampling
     pool = slot_pool("sample", s.concurrency, s.tensor_parallel_size)
     spec = {**spec, "model_path": resolve_model(spec["model_path"], config), "fingerprint": fp}
-    with pool.slot() as env:
-        result = run_worker(
-            ["alt_core.worker", "sample"],
-            spec,
-            name=name,
-            env={**WORKER_ENV, **env},
-            log=worker_log(name),
-        )
-    logger().info(f"{name}: {result}")
-    return {"uri": spec["output_uri"], **result}
+    return _shard_in_process_of_its_own(pool, "sample", spec, name)
 
 
 @task(name="feedback-shard", cache_policy=NO_CACHE, retries=STAGE_RETRIES, retry_delay_seconds=5)
@@ -149,20 +140,23 @@ def feedback_shard(config: RunConfig, spec: dict[str, Any], name: str) -> dict[s
         return {"uri": spec["output_uri"], "skipped": True}
     spec = {**spec, "fingerprint": fp}
     pool = slot_pool("feedback", config.feedback.concurrency)
-    with pool.slot() as env:
-        if config.feedback.provider not in DEVICE_PROVIDERS:
-            from alt_core.worker import run_feedback
+    if config.feedback.provider in DEVICE_PROVIDERS:
+        return _shard_in_process_of_its_own(pool, "feedback", spec, name)
+    from alt_core.worker import run_feedback
 
-            result = run_feedback(spec)
-            logger().info(f"{name}: {result}")
-            return {"uri": spec["output_uri"], **result}
+    with pool.slot():
+        result = run_feedback(spec)
+    logger().info(f"{name}: {result}")
+    return {"uri": spec["output_uri"], **result}
+
+
+def _shard_in_process_of_its_own(pool, kind: str, spec: dict[str, Any], name: str) -> dict:
+    """Run `alt_core.worker KIND` for one shard in a free device slot of `pool`."""
+    with pool.slot() as env:
         result = run_worker(
-            ["alt_core.worker", "feedback"],
-            spec,
-            name=name,
-            env={**WORKER_ENV, **env},
+            ["alt_core.worker", kind], spec, name=name, env={**WORKER_ENV, **env},
             log=worker_log(name),
-        )
+        )  # fmt: skip
     logger().info(f"{name}: {result}")
     return {"uri": spec["output_uri"], **result}
 
@@ -263,14 +257,8 @@ def reference_perplexity(config: RunConfig, input_uri: str, output_uri: str, ref
         "batch_size": config.evaluation.batch_size,
         "fingerprint": fp,
     }
-    with slot_pool("feedback", config.feedback.concurrency).slot() as env:
-        run_worker(
-            ["alt_core.worker", "perplexity"],
-            spec,
-            name="perplexity",
-            env={**WORKER_ENV, **env},
-            log=worker_log("perplexity"),
-        )
+    pool = slot_pool("feedback", config.feedback.concurrency)
+    _shard_in_process_of_its_own(pool, "perplexity", spec, "perplexity")
     return output_uri
 
 
