@@ -7,6 +7,8 @@
     alt status RUN_DIR                          # what is committed, stale or missing
     alt config --preset demo                    # print the resolved configuration
     alt presets                                 # list the presets
+    alt report RUN_DIR                          # a self-contained HTML report with plots
+    alt serve                                   # serve the Prefect deployments
 
 Bad input (config, preset, prompt files) is reported before the run folder is created,
 so a refused run leaves nothing behind.
@@ -57,6 +59,12 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="per iteration and stage: committed, stale, missing")
     status.add_argument("run_dir")
     status.add_argument("overrides", nargs="*", help="check against these changed settings")
+
+    from deployments.serve import add_serve_arguments
+
+    add_serve_arguments(sub.add_parser("serve", help="serve the Prefect deployments from here"))
+    report = sub.add_parser("report", help="write the HTML report of a run and print its path")
+    report.add_argument("run_dir")
 
     sub.add_parser("presets", help="list the built-in presets")
     return p
@@ -184,6 +192,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "config":
             config = load_config(args.preset, args.config, args.overrides)
             print(dump_config(config), end="")
+            return 0
+        if args.command == "serve":
+            from deployments.serve import serve_command
+
+            return serve_command(args)
+        if args.command == "report":
+            from alt_core.report import write_report
+
+            print(write_report(args.run_dir))
             return 0
         if args.command == "status":
             return show_status(args.run_dir, args.overrides)

@@ -13,6 +13,7 @@ from alt_core.evaluation import eval_metrics
 from alt_core.store import RunLayout
 from tasks_lib import stages
 from tasks_lib.common import logger
+from tasks_lib.reporting import publish_iteration
 
 
 def _sample_then_feedback(
@@ -105,5 +106,6 @@ def alt_iteration(
     row["train_loss"] = trained.get("final_loss")
     row.update(evaluate_policy(config, run_dir, iteration, trained["uri"], inputs))
     store.write_json(store.join(layout.iteration(iteration), "metrics.json"), row)
+    publish_iteration(config, run_dir, iteration, row)
     logger().info(f"iteration {iteration}: {row}")
     return row

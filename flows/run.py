@@ -13,6 +13,7 @@ from alt_core.store import RunLayout
 from flows.iteration import alt_iteration, evaluate_policy
 from tasks_lib import stages
 from tasks_lib.common import artifact_key
+from tasks_lib.reporting import publish_iteration
 
 TABLE_COLUMNS = [
     ("iteration", "iter", "{:d}"),
@@ -46,13 +47,24 @@ def metrics_rows(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
 
 @flow(name="alt-run", log_prints=True)
 def alt_run(config: RunConfig, run_dir: str) -> list[dict[str, Any]]:
-    """A full ALT run: evaluate the initial policy, then K iterations."""
+    """A full ALT run: evaluate the initial policy, then K iterations.
+
+    Args:
+        config: The run configuration: method, model, data, sampling, feedback, datapool,
+            training, evaluation and storage settings (every field is documented).
+        run_dir: The run folder, a local path or an s3:// URI. Rerunning over the same
+            folder reuses the committed work and redoes only what is missing or stale.
+    """
     layout = RunLayout(run_dir)
     inputs = stages.prepare_run(config, run_dir)
     rows: list[dict[str, Any]] = []
     if config.evaluation.evaluate_initial:
-        initial = evaluate_policy(config, run_dir, 0, inputs["policy_uri"], inputs)
-        rows.append({"iteration": 0, **initial})
+        initial = {
+            "iteration": 0,
+            **evaluate_policy(config, run_dir, 0, inputs["policy_uri"], inputs),
+        }
+        publish_iteration(config, run_dir, 0, initial)
+        rows.append(initial)
     for k in range(1, config.iterations + 1):
         rows.append(alt_iteration(config, run_dir, k, inputs))
     store.write_json(layout.metrics, {"run_dir": run_dir, "iterations": rows})

@@ -1,0 +1,89 @@
+"""Flows that only deployments need: thin entry points over `flows/` for the UI,
+schedules and remote shards. No logic here beyond picking a folder and checking inputs.
+
+- `alt-single-iteration`: one iteration of a run folder (the UI's "run iteration k").
+- `alt-scheduled-run`: a full run in a fresh folder named after the scheduled time.
+- `alt-shard`: one sampling or feedback shard, for a work pool of GPU workers (see
+  `deployments.shards`).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+from prefect import flow
+
+from alt_core import store
+from alt_core.config import ConfigError, RunConfig
+from alt_core.store import RunLayout
+
+
+def _absolute(run_dir: str) -> str:
+    return run_dir if store.is_remote(run_dir) else os.path.abspath(run_dir)
+
+
+@flow(name="alt-single-iteration", log_prints=True)
+def single_iteration(config: RunConfig, run_dir: str, iteration: int = 1) -> dict[str, Any]:
+    """One ALT iteration of a run folder: prompts, samples, feedback, datapool, training
+    and evaluation. Work already committed in the folder with the same settings and
+    inputs is reused; what other settings affect is redone.
+
+    Args:
+        config: The run configuration; every field is described in the form below.
+        run_dir: Run folder or s3:// URI. Iteration k > 1 starts from the policy that
+            iteration k-1 committed there.
+        iteration: Which iteration to run, from 1 to config.iterations.
+    """
+    from flows.iteration import alt_iteration
+    from tasks_lib import stages
+
+    run_dir = _absolute(run_dir)
+    if not 1 <= iteration <= config.iterations:
+        raise ConfigError(f"iteration must be in 1..{config.iterations} (got {iteration})")
+    previous = RunLayout(run_dir).policy(iteration - 1)
+    if iteration > 1 and not store.dir_committed(previous):
+        raise ConfigError(
+            f"iteration {iteration} starts from the policy of iteration {iteration - 1}, "
+            f"which {run_dir} does not hold ({previous}): run iteration {iteration - 1} first"
+        )
+    inputs = stages.prepare_run(config, run_dir)
+    return alt_iteration(config, run_dir, iteration, inputs)
+
+
+@flow(name="alt-scheduled-run", log_prints=True)
+def scheduled_run(config: RunConfig, runs_root: str = "runs") -> list[dict[str, Any]]:
+    """A full ALT run in a new folder <runs_root>/<name>-<scheduled time>. Retrying this
+    flow run continues the same folder; the next scheduled run gets a new one.
+
+    Args:
+        config: The run configuration; every field is described in the form below.
+        runs_root: Folder or s3:// URI under which each scheduled run gets its folder.
+    """
+    from prefect.runtime import flow_run
+
+    from flows.run import alt_run
+
+    when = flow_run.scheduled_start_time
+    run_dir = _absolute(store.join(runs_root, f"{config.name}-{when:%Y%m%d-%H%M%S}"))
+    return alt_run(config=config, run_dir=run_dir)
+
+
+@flow(name="alt-shard", log_prints=True)
+def alt_shard(
+    config: RunConfig, kind: Literal["sample", "feedback"], spec: dict[str, Any], name: str
+) -> dict[str, Any]:
+    """One sampling or feedback shard, run by whichever worker of the pool takes it. It
+    reads and writes the run folder named in `spec`, which must be storage every worker
+    sees (s3:// across hosts).
+
+    Args:
+        config: The run configuration of the iteration that sent this shard.
+        kind: 'sample' (vLLM generations) or 'feedback' (rewards or judge feedback).
+        spec: The shard's spec as the iteration flow built it (input and output URIs).
+        name: The shard's name in logs, e.g. train-sample-3.
+    """
+    from tasks_lib import stages
+
+    stage = {"sample": stages.sample_shard, "feedback": stages.feedback_shard}[kind]
+    return stage(config, spec, name)
