@@ -92,8 +92,13 @@ def _on_gpu() -> bool:
 class VLLMBackend:
     """vLLM's offline engine; imported here only, so alt_core imports without vLLM."""
 
-    def __init__(self, model_path: str, engine: EngineSettings, seed: int):
+    def __init__(self, model_path: str, engine: EngineSettings, seed: int, max_prompt_tokens: int):
+        extra: dict[str, Any] = {}
         if not _on_gpu():
+            # vLLM's CPU build fails ("CPU Generator does not use offset") when it splits
+            # the prefill of a seeded request over steps; a step budget that holds every
+            # running prompt whole means it never has to.
+            extra["max_num_batched_tokens"] = max(4096, engine.max_num_seqs * max_prompt_tokens)
             # The CPU build sizes its KV cache from this variable, not from the GPU share.
             os.environ.setdefault(
                 "VLLM_CPU_KVCACHE_SPACE", str(max(1, int(engine.cpu_kvcache_gib)))
@@ -110,6 +115,7 @@ class VLLMBackend:
             max_num_seqs=engine.max_num_seqs,
             dtype=engine.dtype,
             trust_remote_code=engine.trust_remote_code,
+            **extra,
         )
 
     def generate(
@@ -187,7 +193,7 @@ def tokenize_queries(tokenizer: Any, queries: list[str], max_prompt_tokens: int)
 
 def make_backend(spec: SampleSpec) -> SamplingBackend:
     if spec.backend == "vllm":
-        return VLLMBackend(spec.model_path, spec.engine, spec.seed)
+        return VLLMBackend(spec.model_path, spec.engine, spec.seed, spec.params.max_prompt_tokens)
     if spec.backend == "hf":
         return HFBackend(spec.model_path)
     raise ValueError(f"unknown sampling backend {spec.backend!r}; use 'vllm' or 'hf'")
