@@ -52,6 +52,15 @@ class TrainSpec(BaseModel):
         default_factory=list, description="Tokens to add to the tokenizer (Quark control tokens)."
     )
     seed: int = Field(0, description="Seeds the data order and dropout.")
+    run_name: str = Field(
+        "alt",
+        pattern=r"^[\w.-]+$",
+        description=(
+            "Name of this training in the experiment trackers of training.report_to: the "
+            "TensorBoard folder under `<output_dir>/trackers`, the W&B project, the MLflow "
+            "experiment. Letters, digits, '_', '.' and '-' only: it becomes a folder name."
+        ),
+    )
     state_dir: str | None = Field(
         None,
         description=(

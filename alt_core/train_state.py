@@ -49,9 +49,10 @@ PREFIX = "step-"
 TMP_PREFIX = ".tmp-step-"
 LOCK_FILE = ".lock"
 FORMAT = 1
-# Spec fields that say where things go and how often state is saved, not what is trained;
-# the inputs' paths are replaced by their content ids.
+# Spec fields that say where things go, how often state is saved and what the run is
+# called, not what is trained; the inputs' paths are replaced by their content ids.
 _SPEC_NOT_IN_KEY = {
+    "run_name",
     "output_dir",
     "state_dir",
     "checkpoint_every",
@@ -60,8 +61,9 @@ _SPEC_NOT_IN_KEY = {
     "reference_path",
     "train_table",
 }
-# Should the run config's training section grow the checkpoint settings, they stay out too.
-_TRAINING_NOT_IN_KEY = {"checkpoint_every", "keep_checkpoints"}
+# The checkpoint settings stay out too, and so do the experiment trackers: switching one
+# on must not discard the saved state of a training half done.
+_TRAINING_NOT_IN_KEY = {"checkpoint_every", "keep_checkpoints", "report_to"}
 
 
 class CheckpointError(RuntimeError):
@@ -129,7 +131,8 @@ class Dist:
 def resume_key(spec: TrainSpec) -> str:
     """A hash of what decides the trained weights: the content of the policy, reference
     and training table (their commit hashes; a plain path stands for itself), the
-    training config, the added tokens and the seed."""
+    training config (less its checkpoint and tracker settings), the added tokens and the
+    seed."""
     from alt_core.fingerprints import content_id
 
     fields = spec.model_dump(mode="json", exclude=_SPEC_NOT_IN_KEY)

@@ -13,10 +13,15 @@ values (`kl_coef`, `entropy_coef`, added control tokens). The building blocks:
   kill, it continues from the newest complete checkpoint, and a finished run returns its
   saved summary. DeepSpeed and Accelerate are imported inside functions so that
   `import alt_core` works without them.
+- Experiment trackers (`training.report_to`: TensorBoard, W&B, MLflow; off by default)
+  receive every step's loss terms through Accelerate's tracker interface. TensorBoard
+  writes under `<output_dir>/trackers/<run_name>`, so its event files travel with the
+  trained policy.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -71,6 +76,9 @@ __all__ = [
 ]
 
 LOSS_TERMS = ("loss", "nll", "kl", "entropy")
+# Step-record fields sent to the experiment trackers, as `train/<name>`.
+TRACKED = (*LOSS_TERMS, "lr", "grad_norm")
+TRACKER_DIR = "trackers"
 # Where the common architectures keep their block list; anything else falls back to the
 # longest homogeneous nn.ModuleList.
 BLOCK_PATHS = (
@@ -208,9 +216,11 @@ def _load_reference(spec: TrainSpec, accelerator: Any) -> nn.Module:
     return model.eval().to(accelerator.device)
 
 
-def _make_accelerator(cfg: TrainingConfig) -> Any:
+def _make_accelerator(cfg: TrainingConfig, output_dir: str) -> Any:
     from accelerate import Accelerator
     from accelerate.utils import DeepSpeedPlugin
+
+    _check_trackers(cfg.report_to)
 
     plugin = DeepSpeedPlugin(
         zero_stage=cfg.zero_stage,
@@ -232,7 +242,63 @@ def _make_accelerator(cfg: TrainingConfig) -> Any:
         # We step the scheduler once per optimizer update ourselves; Accelerate would
         # otherwise step it once per process.
         step_scheduler_with_optimizer=False,
+        log_with=cfg.report_to or None,
+        # Where TensorBoard writes (W&B and MLflow follow their own environment variables).
+        project_dir=str(Path(output_dir) / TRACKER_DIR),
     )
+
+
+# ------------------------------------------------------------------- experiment trackers
+
+
+def _check_trackers(report_to: Sequence[str]) -> None:
+    """Fail before DeepSpeed starts when a requested tracker's package is missing:
+    Accelerate would drop that tracker without a word."""
+    from accelerate.tracking import get_available_trackers
+
+    available = {str(t) for t in get_available_trackers()}
+    missing = [name for name in report_to if name not in available]
+    if missing:
+        raise TrainingError(
+            f"training.report_to names {missing} but the package(s) are not installed in "
+            f"the training environment: pip install {' '.join(missing)}, or remove them "
+            "from training.report_to"
+        )
+
+
+def _tracker_config(spec: TrainSpec) -> dict[str, Any]:
+    """The settings a tracker records with the run, as flat scalars: TensorBoard's
+    hparams take no lists, dicts or None, so those go in as JSON text."""
+    fields = {
+        **spec.training.model_dump(mode="json"),
+        "seed": spec.seed,
+        "added_tokens": spec.added_tokens,
+    }
+    scalar = (bool, int, float, str)
+    return {k: v if isinstance(v, scalar) else json.dumps(v) for k, v in fields.items()}
+
+
+def _start_trackers(spec: TrainSpec, accelerator: Any, dist: Dist, progress: Progress) -> None:
+    """Open the tracker runs on the main process only: with DeepSpeed on CPUs Accelerate
+    takes every process for the main one (see `Dist`), and each would write its own run."""
+    if not spec.training.report_to or not dist.is_main:
+        return
+    # A resumed training logs from the step after its checkpoint; TensorBoard hides what
+    # the killed attempt logged from there on, so no step shows twice.
+    first_step = progress.step + 1
+    accelerator.init_trackers(
+        spec.run_name,
+        config=_tracker_config(spec),
+        init_kwargs={"tensorboard": {"purge_step": first_step}},
+    )
+
+
+def _report(accelerator: Any, record: dict[str, Any]) -> None:
+    """Send one step's loss terms to the trackers (there are none unless report_to is set,
+    and none on processes other than the main one)."""
+    if accelerator.trackers:
+        values = {f"train/{k}": record[k] for k in TRACKED if record[k] is not None}
+        accelerator.log(values, step=record["step"])
 
 
 @dataclass
@@ -367,6 +433,7 @@ def _run_epochs(
             record = _step_record(loop, sums, step, epoch, lr)
             record["elapsed_s"] = progress.train_seconds + time.time() - session_started
             records.append(record)
+            _report(loop.accelerator, record)
             loop.say(
                 f"step {step}/{loop.total_steps} epoch {epoch} loss={record['loss']:.4f} "
                 f"nll={record['nll']:.4f} kl={record['kl']:.4f} "
@@ -489,12 +556,14 @@ def train(
         log(f"training already finished: {spec.output_dir} holds its final model; nothing to do")
         return done
     _check_paths(spec)
-    accelerator = _make_accelerator(spec.training)
+    accelerator = _make_accelerator(spec.training, spec.output_dir)
     dist = Dist.current()
     set_seed(spec.seed)
     loop, tokenizer, facts = _prepare(spec, accelerator, dist, key, log)
     with state_lock(loop.state.state_dir, enabled=dist.is_main):
-        progress = _run_epochs(loop, loop.state.resume(), after_step)
+        resumed = loop.state.resume()
+        _start_trackers(spec, accelerator, dist, resumed)
+        progress = _run_epochs(loop, resumed, after_step)
         _save_model(loop, tokenizer, spec.output_dir)
         summary = _summarise(
             progress,
@@ -517,5 +586,5 @@ def train(
             }
             write_json(str(Path(spec.output_dir) / METRICS_FILE), metrics)
         dist.barrier()
-    accelerator.end_training()
+    accelerator.end_training()  # closes the tracker runs, then the process group
     return summary

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -207,13 +208,18 @@ def train_policy(
         training=config.training,
         added_tokens=pipeline.added_tokens(config),
         seed=pipeline.stage_seed(config, iteration, "train"),
+        # The trackers' run name becomes a folder and a W&B project: keep it to safe characters.
+        run_name=re.sub(r"[^\w.-]+", "-", f"{config.name}-iter-{iteration:03d}"),
         checkpoint_every=config.training.checkpoint_every,
         keep_checkpoints=config.training.keep_checkpoints,
     )
-    if finished_summary(spec) is None:
+    if finished_summary(spec) is None and local_out.exists():
         # A finished-but-uncommitted model is kept; anything else in the partial output is
-        # redone. The training state next to it survives, so a killed training resumes.
-        shutil.rmtree(local_out, ignore_errors=True)
+        # redone, except tracker logs, which a resumed training continues. The training
+        # state next to it survives, so a killed training resumes.
+        for item in local_out.iterdir():
+            if item.name != "trackers":
+                shutil.rmtree(item) if item.is_dir() else item.unlink()
     update = progress(f"train-iter-{iteration}", f"training, iteration {iteration}")
     pool = slot_pool("train", 1, config.training.num_processes)
     with pool.slot() as env:
