@@ -11,12 +11,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from alt_core.judge.config import JudgeConfig, JudgeConfigError
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
@@ -40,7 +50,17 @@ JUDGE_METHODS = {Method.ALT_LMU, Method.ALT_LMC, Method.STEERLM}
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_enum_values=False)
+    # hide_input_in_errors: a ValidationError's text (which Prefect puts in a flow run's
+    # state when it validates parameters) never echoes values. Pydantic applies the
+    # setting of the outermost model only, so JudgeConfig's own flag does not protect it
+    # once nested here. `format_validation_error` shows values, except under
+    # feedback.judge, where an API key pasted into the wrong field would land.
+    model_config = ConfigDict(
+        extra="forbid",
+        validate_assignment=True,
+        use_enum_values=False,
+        hide_input_in_errors=True,
+    )
 
 
 class ModelConfig(StrictModel):
@@ -107,18 +127,88 @@ class SamplingConfig(StrictModel):
     max_num_seqs: int = Field(256, gt=0, description="vLLM's cap on sequences in one batch.")
 
 
+# Providers that give a scalar reward, and those that write textual feedback.
+REWARD_PROVIDERS = ("sentiment", "reward_model")
+TEXT_PROVIDERS = ("rule_critic", "judge")
+# The judge-template parser each judge method needs (alt_core/judge/parsers.py).
+TEMPLATE_PARSER = {Method.ALT_LMU: "lmu", Method.ALT_LMC: "lmc", Method.STEERLM: "steerlm"}
+
+
+class RuleCriticConfig(StrictModel):
+    categories: list[str] = Field(
+        default_factory=lambda: ["Very positive", "Positive", "Neutral", "Negative"],
+        min_length=4,
+        max_length=4,
+        description="ALT_LMC: names of the critic's four sentiment bands, best first (VADER "
+        "compound of the continuation >= 0.5, >= 0.05, > -0.05, and below).",
+    )
+    attributes: tuple[str, str] = Field(
+        ("positive", "fluent"),
+        description="SteerLM: names of the critic's two attributes, sentiment 0..3 and fluency "
+        "0..2, written as e.g. positive:3,fluent:2.",
+    )
+
+    @field_validator("categories")
+    @classmethod
+    def _distinct_categories(cls, value: list[str]) -> list[str]:
+        if len({c.strip().lower() for c in value}) != len(value) or not all(
+            c.strip() for c in value
+        ):
+            raise ValueError("categories must be non-empty and distinct (ignoring case)")
+        return value
+
+    @field_validator("attributes")
+    @classmethod
+    def _attribute_names(cls, value: tuple[str, str]) -> tuple[str, str]:
+        if len(set(value)) != 2 or not all(re.fullmatch(r"[a-z][a-z0-9_]*", n) for n in value):
+            raise ValueError("attributes must be two distinct lower-case words, e.g. positive")
+        return value
+
+
 class FeedbackConfig(StrictModel):
-    provider: Literal["sentiment", "reward_model", "rule_critic", "judge"] = Field(
-        "sentiment",
+    provider: Literal["auto", "sentiment", "reward_model", "rule_critic", "judge"] = Field(
+        "auto",
         description="Feedback source: 'sentiment' (VADER sentiment of the continuation, the demo "
         "reward), 'reward_model' (a scalar-head sequence classifier), 'rule_critic' (a "
-        "rule-based stand-in for an LLM judge, demo only) or 'judge' (an OpenAI-compatible LLM).",
+        "rule-based STAND-IN for an LLM judge on the demo task: it writes critiques from a "
+        "sentiment analysis, no language model involved), 'judge' (an OpenAI-compatible LLM, "
+        "see feedback.judge) or 'auto': on the demo task, 'sentiment' for quark/alt_rm and "
+        "'rule_critic' for alt_lmu/alt_lmc/steerlm; elsewhere 'reward_model' when "
+        "feedback.reward_model is set, otherwise it must be named.",
     )
     reward_model: str | None = Field(None, description="Reward model name or path (reward_model).")
     batch_size: int = Field(32, gt=0, description="Reward model batch size.")
     max_length: int = Field(550, gt=0, description="Reward model input truncation, in tokens.")
     concurrency: int = Field(
         1, gt=0, description="Feedback shards (one per sampling shard) that run at once."
+    )
+    judge: JudgeConfig = Field(
+        default_factory=JudgeConfig,
+        description="The LLM judge (provider 'judge'): endpoint, model, prompt template (its "
+        "parser must suit the method: lmu for alt_lmu, lmc for alt_lmc, steerlm for steerlm), "
+        "concurrency, rate limits and retries. The API key is never set here.",
+    )
+    judge_cache: str | None = Field(
+        None,
+        description="Folder or s3:// URI where parsed judge answers are cached, keyed by judge "
+        "model, template content and (prompt, generation). None: <storage.cache_dir>/"
+        "judge-cache, shared by the runs that share a cache_dir.",
+    )
+    rule_critic: RuleCriticConfig = Field(
+        default_factory=RuleCriticConfig,
+        description="Labels of the rule-based critic (provider 'rule_critic', a stand-in for an "
+        "LLM judge); its sentence and score rules are fixed (alt_core/feedback/rule_critic.py).",
+    )
+    exemplar_rule: Literal["top_feedback", "fixed"] = Field(
+        "top_feedback",
+        description="Exemplar feedback that conditions sampling and validation from iteration 2 "
+        "on. 'top_feedback': alt_lmu takes the feedback sentence written most often for the "
+        "latest iteration's generations with the highest score any of them got (ties: the "
+        "shortest, then the alphabetically first); alt_lmc the best category; steerlm every "
+        "attribute at its best value. 'fixed': feedback.exemplar_text, every iteration.",
+    )
+    exemplar_text: str | None = Field(
+        None, description="The exemplar when exemplar_rule is 'fixed'."
     )
 
 
@@ -173,6 +263,12 @@ class TrainingConfig(StrictModel):
     keep_checkpoints: int = Field(
         2, gt=0, description="Newest training-state checkpoints kept on local disk."
     )
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=list,
+        description="Experiment trackers that receive the per-step loss terms through "
+        "Accelerate (off by default). W&B and MLflow read WANDB_MODE / MLFLOW_TRACKING_URI "
+        "from the environment; TensorBoard writes into the policy folder.",
+    )
 
 
 class EvaluationConfig(StrictModel):
@@ -209,17 +305,25 @@ class RunConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check_cross_fields(self) -> RunConfig:
-        reward_providers = {"sentiment", "reward_model"}
-        if self.method in REWARD_METHODS and self.feedback.provider not in reward_providers:
+        self._resolve_feedback_provider()
+        provider = self.feedback.provider
+        if self.method in REWARD_METHODS and provider not in REWARD_PROVIDERS:
             raise ValueError(
                 f"method {self.method.value} needs a scalar reward: set feedback.provider to "
-                f"one of {sorted(reward_providers)} (got {self.feedback.provider!r})"
+                f"one of {sorted(REWARD_PROVIDERS)} (got {provider!r})"
             )
-        if self.method in JUDGE_METHODS and self.feedback.provider in reward_providers:
+        if self.method in JUDGE_METHODS and provider not in TEXT_PROVIDERS:
             raise ValueError(
                 f"method {self.method.value} needs textual feedback: set feedback.provider to "
-                f"'judge' or 'rule_critic' (got {self.feedback.provider!r})"
+                f"'judge' or 'rule_critic' (got {provider!r})"
             )
+        if provider == "judge":
+            self._check_judge_template()
+        if (
+            self.feedback.exemplar_rule == "fixed"
+            and not (self.feedback.exemplar_text or "").strip()
+        ):
+            raise ValueError("feedback.exemplar_rule=fixed needs feedback.exemplar_text")
         if self.feedback.provider == "reward_model" and not self.feedback.reward_model:
             raise ValueError(
                 "feedback.reward_model is required when feedback.provider=reward_model"
@@ -247,6 +351,50 @@ class RunConfig(StrictModel):
                 "prompts); point data.source at your prompts to train another model"
             )
         return self
+
+    def _resolve_feedback_provider(self) -> None:
+        """feedback.provider=auto -> the provider the method and task call for. Resolved in
+        place, so the recorded config, fingerprints and workers see the real provider."""
+        if self.feedback.provider != "auto":
+            return
+        if self.data.source == "demo":
+            chosen = "sentiment" if self.method in REWARD_METHODS else "rule_critic"
+        elif self.method in REWARD_METHODS and self.feedback.reward_model:
+            chosen = "reward_model"
+        else:
+            need = (
+                "'reward_model' (with feedback.reward_model)"
+                if self.method in REWARD_METHODS
+                else "'judge' (an LLM judge: feedback.judge.base_url, .model, .template)"
+            )
+            raise ValueError(
+                f"feedback.provider=auto chooses a provider only for the demo task "
+                f"(data.source=demo); for method {self.method.value} on your own data, set "
+                f"feedback.provider to {need}"
+            )
+        self.feedback.provider = chosen
+
+    def _check_judge_template(self) -> None:
+        """The judge's template must be read by the parser this method needs (checked here
+        for built-in and local templates; one in object storage is checked at start)."""
+        from alt_core import store
+        from alt_core.judge.templates import list_templates, load_template
+
+        name = self.feedback.judge.template
+        if store.is_remote(name) or self.method not in TEMPLATE_PARSER:
+            return
+        try:
+            template = load_template(name)
+        except JudgeConfigError as exc:
+            raise ValueError(f"feedback.judge.template: {exc}") from None
+        want = TEMPLATE_PARSER[self.method]
+        if template.parser != want:
+            fits = [t for t in list_templates() if load_template(t).parser == want]
+            raise ValueError(
+                f"feedback.judge.template {name!r} uses the {template.parser!r} parser but "
+                f"method {self.method.value} needs {want!r} (built-in templates with it: "
+                f"{', '.join(fits) or 'none'}; or a template file with parser: {want})"
+            )
 
     def feedback_prefix(self) -> str:
         if self.datapool.feedback_prefix is not None:
@@ -313,6 +461,23 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+# Values under these config paths are never echoed in errors: the judge section is
+# where an API key pasted into the wrong field would land.
+_HIDDEN_INPUTS = (("feedback", "judge"),)
+
+
+def _shown_input(err: Any) -> str:
+    """' (got VALUE)' for an error's input, or '' where showing it could leak a secret:
+    under feedback.judge, or a whole section (a mapping, which may hold the judge's)."""
+    loc = tuple(str(p) for p in err["loc"])
+    if any(loc[: len(hidden)] == hidden for hidden in _HIDDEN_INPUTS):
+        return " (value hidden)"
+    value = err.get("input")
+    if "input" not in err or isinstance(value, dict | BaseModel):
+        return ""
+    return f" (got {value!r})"
+
+
 def format_validation_error(exc: ValidationError) -> str:
     lines = [f"invalid configuration ({exc.error_count()} problem(s)):"]
     for err in exc.errors():
@@ -321,9 +486,9 @@ def format_validation_error(exc: ValidationError) -> str:
         if err["type"] == "extra_forbidden":
             lines.append(f"  {loc}: unknown setting (check the spelling; see `alt config --help`)")
         elif err["type"] in ("model_type", "dict_type"):
-            lines.append(f"  {loc}: must be a mapping of settings, got {err.get('input')!r}")
+            lines.append(f"  {loc}: must be a mapping of settings{_shown_input(err)}")
         else:
-            lines.append(f"  {loc}: {msg} (got {err.get('input')!r})")
+            lines.append(f"  {loc}: {msg}{_shown_input(err)}")
     return "\n".join(lines)
 
 

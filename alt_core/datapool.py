@@ -33,8 +33,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from alt_core.config import RunConfig
-from alt_core.methods import bucket_text, compose_queries, reference_queries, uses_judge
+from alt_core.config import Method, RunConfig
+from alt_core.methods import (
+    best_feedback,
+    bucket_text,
+    compose_queries,
+    default_exemplar,
+    reference_queries,
+    uses_judge,
+)
 from alt_core.schemas import POOL, TRAIN, require_columns
 
 # Columns a feedback table must carry for the pool to ingest it.
@@ -250,17 +257,58 @@ def draw_training_set(
     if chosen.empty:
         return _empty(TRAIN)
     query = compose_queries(config, chosen["feedback"].astype(str), chosen["prompt"].astype(str))
+    # Byte-level BPE engines (GPT-2, vLLM) decode the first generated token with its
+    # space (" could"): one space, not two, so the response tokenizes as it was sampled.
+    generation = chosen["generation"].fillna("").astype(str).str.lstrip(" ")
     out = pd.DataFrame(
         {
             "prompt_id": chosen["prompt_id"],
             "query": query,
             "reference_query": reference_queries(config, query, chosen["prompt"].astype(str)),
-            "response": " " + chosen["generation"].fillna("").astype(str),
+            "response": " " + generation,
             "append_eos": eos_rule(chosen["generation"], chosen["truncated"]),
             "bucket": chosen["bucket"].astype("int64"),
         }
     )
     return out[TRAIN]
+
+
+# --------------------------------------------------------------------------- exemplar
+
+
+def top_feedback(pool: pd.DataFrame) -> str:
+    """The ALT_LMU exemplar: the feedback written most often for the latest iteration's
+    generations with the highest score any of them got; ties go to the shortest text,
+    then the alphabetically first, so the choice is deterministic."""
+    require_columns(pool, ["feedback", "score", "iteration"], "datapool to choose an exemplar from")
+    scored = pool[pool["score"].notna() & ~_feedback_missing(pool["feedback"])]
+    if scored.empty:
+        raise ValueError(
+            "no generation in the datapool has feedback and a score, so there is no exemplar "
+            "to condition on; check the feedback shards' missing_reason column (or set "
+            "feedback.exemplar_rule=fixed with feedback.exemplar_text)"
+        )
+    latest = scored[scored["iteration"] == scored["iteration"].max()]
+    top = latest.loc[latest["score"] == latest["score"].max(), "feedback"].astype(str)
+    counts = top.value_counts().rename("count").reset_index()
+    counts["length"] = counts["feedback"].str.len()
+    best = counts.sort_values(["count", "length", "feedback"], ascending=[False, True, True])
+    return str(best["feedback"].iloc[0])
+
+
+def choose_exemplar(pool: pd.DataFrame, config: RunConfig) -> str:
+    """The exemplar feedback that conditions the next iteration's sampling and validation
+    (rule: `feedback.exemplar_rule`). Quark / ALT_RM: the best bucket's token or phrase;
+    ALT_LMU: `top_feedback(pool)`; ALT_LMC / SteerLM: the best category / attribute values;
+    with exemplar_rule=fixed, `feedback.exemplar_text` for every judge method. (The one
+    exception to "never opens files": an LLM judge's labels are read from its template.)"""
+    if not uses_judge(config):
+        return default_exemplar(config)
+    if config.feedback.exemplar_rule == "fixed":
+        return str(config.feedback.exemplar_text)
+    if config.method == Method.ALT_LMU:
+        return top_feedback(pool)
+    return best_feedback(config)
 
 
 # --------------------------------------------------------------------------- stats

@@ -37,9 +37,9 @@ def reference_nll(
     )
     for lo in range(0, len(prompts), batch_size):
         p_ids = tok(prompts[lo : lo + batch_size], add_special_tokens=False)["input_ids"]
-        g_ids = tok([" " + g for g in generations[lo : lo + batch_size]], add_special_tokens=False)[
-            "input_ids"
-        ]
+        # Scored as trained: one space between prompt and generation (the datapool rule).
+        g_text = [" " + g.lstrip(" ") for g in generations[lo : lo + batch_size]]
+        g_ids = tok(g_text, add_special_tokens=False)["input_ids"]
         g_ids = [g[: max_len // 2] for g in g_ids]
         p_ids = [p[-(max_len - max(len(g) for g in g_ids)) :] for p in p_ids]
         pw, gw = max(len(p) for p in p_ids), max(max(len(g) for g in g_ids), 1)

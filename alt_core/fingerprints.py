@@ -50,10 +50,20 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
         "data.max_prompt_tokens",
         "evaluation.max_new_tokens",
     ),
+    # The judge's endpoint, key, concurrency, rate limits, retries and cache location
+    # are left out: they change how fast and where answers come, not what they say.
+    # `method` is in because the rule critic answers each method differently.
     "feedback": (
+        "method",
         "feedback.provider",
         "feedback.reward_model",
         "feedback.max_length",
+        "feedback.judge.model",
+        "feedback.judge.template",
+        "feedback.judge.temperature",
+        "feedback.judge.max_tokens",
+        "feedback.judge.extra_body",
+        "feedback.rule_critic",
     ),
     "datapool": ("seed", "method", "datapool"),
     "train": (
@@ -142,7 +152,14 @@ def sample_fingerprint(config: RunConfig, spec: dict) -> str:
 
 
 def feedback_fingerprint(config: RunConfig, samples_uri: str) -> str:
-    return fingerprint(config, "feedback", [samples_uri])
+    if config.feedback.provider != "judge":
+        return fingerprint(config, "feedback", [samples_uri])
+    # A template is named in the config but its text may change under the same name
+    # (an edited file): its content hash decides, as it does for the judge's cache.
+    from alt_core.judge import load_template
+
+    template_hash = load_template(config.feedback.judge.template).content_hash
+    return fingerprint(config, "feedback", [samples_uri], template=template_hash)
 
 
 def datapool_fingerprint(

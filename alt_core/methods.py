@@ -56,6 +56,20 @@ def default_exemplar(config: RunConfig) -> str:
     raise ValueError(f"{config.method.value} chooses its exemplar from the pool")
 
 
+def best_feedback(config: RunConfig) -> str:
+    """ALT_LMC: the best category; SteerLM: every attribute at its best value. Taken from
+    the judge's template (provider judge) or the rule critic's labels."""
+    if config.method not in (Method.ALT_LMC, Method.STEERLM):
+        raise ValueError(f"{config.method.value} has no fixed best feedback")
+    if config.feedback.provider == "judge":
+        from alt_core.feedback.judge import best_template_feedback
+
+        return best_template_feedback(config.feedback.judge.template)
+    from alt_core.feedback.rule_critic import best_feedback as critic_best
+
+    return critic_best(config.method, config.feedback.rule_critic)
+
+
 def condition_prompts(config: RunConfig, prompts: pd.Series, exemplar: str | None) -> pd.Series:
     """The sampling input: the raw prompt before the first training, else the prompt
     conditioned on the exemplar feedback."""

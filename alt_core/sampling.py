@@ -185,10 +185,27 @@ class HFBackend:
         return results
 
 
-def tokenize_queries(tokenizer: Any, queries: list[str], max_prompt_tokens: int) -> list[list[int]]:
-    """Token ids per query, cut from the left so the end of the prompt is kept."""
+def tokenize_queries(
+    tokenizer: Any, queries: list[str], max_prompt_tokens: int, prompts: list[str] | None = None
+) -> list[list[int]]:
+    """Token ids per query, at most `max_prompt_tokens`. An over-long query loses the
+    start of its raw prompt, never the conditioning prefix (`query = prefix + prompt`):
+    cutting the feedback off would sample unconditioned."""
     ids = tokenizer(queries, add_special_tokens=False)["input_ids"]
-    return [row[-max_prompt_tokens:] for row in ids]
+    prompts = prompts if prompts is not None else [""] * len(queries)
+    out = []
+    for query, prompt, row in zip(queries, prompts, ids, strict=True):
+        if len(row) <= max_prompt_tokens:
+            out.append(row)
+            continue
+        prefix = query[: len(query) - len(prompt)] if prompt and query.endswith(prompt) else ""
+        head = tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else []
+        if len(head) >= max_prompt_tokens:  # the prefix alone does not fit: keep its end
+            out.append(head[-max_prompt_tokens:])
+            continue
+        tail = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prefix else row
+        out.append(head + tail[len(tail) - (max_prompt_tokens - len(head)) :])
+    return out
 
 
 def make_backend(spec: SampleSpec) -> SamplingBackend:
@@ -219,7 +236,10 @@ def sample_shard(spec: SampleSpec, log=print) -> dict[str, Any]:
     require_columns(prompts, PROMPTS, spec.prompts_uri)
     tokenizer = AutoTokenizer.from_pretrained(spec.model_path)
     prompt_ids = tokenize_queries(
-        tokenizer, prompts["query"].tolist(), spec.params.max_prompt_tokens
+        tokenizer,
+        prompts["query"].tolist(),
+        spec.params.max_prompt_tokens,
+        prompts["prompt"].tolist(),
     )
     seeds = [spec.seed * 1_000_003 + spec.start + i for i in range(len(prompts))]
     t0 = time.perf_counter()

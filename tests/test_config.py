@@ -78,7 +78,10 @@ def test_method_and_provider_must_agree():
     with pytest.raises(ConfigError, match="needs a scalar reward"):
         load_config("demo", overrides=["feedback.provider=rule_critic"])
     with pytest.raises(ConfigError, match="needs textual feedback"):
-        load_config("demo", overrides=["method=alt_lmu"])
+        load_config("demo", overrides=["method=alt_lmu", "feedback.provider=sentiment"])
+    # On the demo, `auto` picks the provider each method needs.
+    assert load_config("demo", overrides=["method=alt_lmu"]).feedback.provider == "rule_critic"
+    assert load_config("demo").feedback.provider == "sentiment"
 
 
 def test_phrases_must_match_quantiles():

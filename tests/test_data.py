@@ -23,6 +23,7 @@ def file_config(train: str, valid: str, **data_overrides) -> RunConfig:
     return RunConfig.model_validate(
         {
             "model": {"policy": "some/model"},
+            "feedback": {"provider": "sentiment"},
             "data": {"source": "file", "train_path": train, "valid_path": valid,
                      **data_overrides},
         }
@@ -145,7 +146,7 @@ def test_blank_csv_cell_is_a_data_error(tmp_path):
 
 def hf_config(dataset: str, **data_overrides) -> RunConfig:
     return RunConfig.model_validate(
-        {"model": {"policy": "some/model"},
+        {"model": {"policy": "some/model"}, "feedback": {"provider": "sentiment"},
          "data": {"source": "hf", "hf_dataset": dataset, **data_overrides}}
     )  # fmt: skip
 

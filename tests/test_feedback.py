@@ -33,13 +33,6 @@ def test_registry_builds_the_sentiment_provider():
     assert isinstance(provider, SentimentProvider) and isinstance(provider, FeedbackProvider)
 
 
-@pytest.mark.parametrize(("method", "provider"), [("alt_lmu", "judge"), ("alt_lmc", "rule_critic")])
-def test_planned_providers_say_they_are_not_available(method, provider):
-    config = RunConfig.model_validate({"method": method, "feedback": {"provider": provider}})
-    with pytest.raises(NotImplementedError, match=rf"{provider}.*not available.*sentiment"):
-        get_provider(config)
-
-
 # --- sentiment ---------------------------------------------------------------------------
 
 

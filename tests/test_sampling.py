@@ -37,6 +37,22 @@ def test_queries_are_cut_from_the_left(tiny_model_dir):
     assert cut[0] == full["input_ids"][0][-3:]
 
 
+def test_truncation_keeps_the_conditioning_prefix(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    prompt = "the food was great and the room was clean and the staff were friendly"
+    query = "feedback: very good input: " + prompt
+    prefix_ids = tok("feedback: very good input: ", add_special_tokens=False)["input_ids"]
+    prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    budget = len(prefix_ids) + 4
+    (cut,) = tokenize_queries(tok, [query], budget, [prompt])
+    assert cut == prefix_ids + prompt_ids[-4:]
+    # Within the budget the query is tokenised whole, exactly as training does.
+    (whole,) = tokenize_queries(tok, [query], 10_000, [prompt])
+    assert whole == tok(query, add_special_tokens=False)["input_ids"]
+
+
 def _spec(tmp_path, model_dir, n_prompts, prompt, **params) -> SampleSpec:
     prompts = pd.DataFrame({"prompt_id": range(n_prompts), "prompt": [prompt] * n_prompts})
     prompts["query"] = prompts["prompt"]

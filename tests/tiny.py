@@ -5,11 +5,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-WORDS = (
-    "the food was great good bad awful lovely terrible room staff friendly rude clean "
-    "dirty phone battery screen film plot actors book story hotel service fast slow and "
-    "but very not really quite a an is it this my new old i liked hated enjoyed"
-).split()
+WORDS = ["the", "food", "was", "great", "good", "bad", "awful", "lovely", "terrible", "room", "staff", "friendly", "rude", "clean", "dirty", "phone", "battery", "screen", "film", "plot", "actors", "book", "story", "hotel", "service", "fast", "slow", "and", "but", "very", "not", "really", "quite", "a", "an", "is", "it", "this", "my", "new", "old", "i", "liked", "hated", "enjoyed"]
 
 
 def tiny_corpus(n: int = 400, seed: int = 0) -> list[str]:

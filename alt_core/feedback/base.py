@@ -29,13 +29,12 @@ INPUT_COLUMNS = ["prompt", "generation"]
 PROVIDERS: dict[str, str] = {
     "sentiment": "alt_core.feedback.sentiment:SentimentProvider",
     "reward_model": "alt_core.feedback.reward_model:RewardModelProvider",
+    "rule_critic": "alt_core.feedback.rule_critic:RuleCriticProvider",
+    "judge": "alt_core.feedback.judge:JudgeProvider",
 }
 # Named in the config but not registered yet: a clear error instead of a KeyError. A
 # provider registered in PROVIDERS takes precedence, so registering one is enough.
-PLANNED = {
-    "judge": "the LLM judge provider",
-    "rule_critic": "the rule-based critic provider",
-}
+PLANNED: dict[str, str] = {}
 
 
 class FeedbackProvider(ABC):
