@@ -177,6 +177,8 @@ def execute(config: RunConfig, run_dir: str) -> int:
         return 1
     print_table(rows)
     print(f"metrics: {RunLayout(run_dir).metrics}")
+    # Prefect's "stopping temporary server" line would otherwise come after ours.
+    logging.getLogger("prefect").setLevel(logging.WARNING)
     print(f"run dir: {run_dir}")
     return 0
 
