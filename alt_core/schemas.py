@@ -16,6 +16,8 @@ SAMPLES = [*PROMPTS, "sample_idx", "generation", "num_tokens", "truncated"]
 # conditioned on (None for pure reward methods until the pool maps buckets to text),
 # the judge's score / analysis and why a judgement is missing.
 FEEDBACK = [*SAMPLES, "reward", "feedback", "score", "analysis", "missing_reason"]
+# Written when the provider gives them: the judge's raw answer.
+OPTIONAL_FEEDBACK = ["raw_answer"]
 # The datapool: what survives across iterations, with the bucket it falls in
 # (quantile index, score or category index; 0 is always the best).
 POOL = [

@@ -35,7 +35,7 @@ def run_feedback(spec: dict[str, Any]) -> dict[str, Any]:
     """Score one samples shard with the configured provider and commit the result."""
     from alt_core.config import RunConfig
     from alt_core.feedback import get_provider
-    from alt_core.schemas import FEEDBACK
+    from alt_core.schemas import FEEDBACK, OPTIONAL_FEEDBACK
 
     config = RunConfig.model_validate(spec["config"])
     samples = store.read_table(spec["input_uri"])
@@ -43,12 +43,15 @@ def run_feedback(spec: dict[str, Any]) -> dict[str, Any]:
     provider = get_provider(config)
     scored = provider.score(samples)
     out = samples.copy()
-    for col in FEEDBACK:
+    # A judge's raw answer is kept beside the parsed columns, so a missing judgement can
+    # be read with the reason it is missing.
+    columns = FEEDBACK + [c for c in OPTIONAL_FEEDBACK if c in scored.columns]
+    for col in columns:
         if col not in out.columns:
             out[col] = scored[col].to_numpy() if col in scored.columns else None
     crash_if(shard_point(spec["output_uri"]))
     store.write_table(
-        spec["output_uri"], out[FEEDBACK], meta={"fingerprint": spec.get("fingerprint", "")}
+        spec["output_uri"], out[columns], meta={"fingerprint": spec.get("fingerprint", "")}
     )
     missing = int(out["reward"].isna().sum())
     stats = getattr(provider, "last_stats", {}) or {}
