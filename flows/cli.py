@@ -184,7 +184,15 @@ def execute(config: RunConfig, run_dir: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    # Overrides may come before or after options (`alt run --run-dir X a=1`): argparse
+    # stops a positional list at the first option, so collect the rest here.
+    args, extra = parser.parse_known_args(argv)
+    stray = [e for e in extra if e.startswith("-") or "=" not in e]
+    if stray or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     # Fault injection (alt_core.faults) ends the whole run through this process group.
     os.environ.setdefault(RUN_PGID_ENV, str(os.getpgid(0)))
     try:

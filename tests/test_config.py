@@ -99,3 +99,13 @@ def test_section_hash_is_stable_and_selective():
     b = load_config("demo", overrides=["training.epochs=5"])
     assert a.section_hash("sampling") == b.section_hash("sampling")
     assert a.section_hash("training") != b.section_hash("training")
+
+
+def test_cli_takes_overrides_before_and_after_options(capsys):
+    from flows.cli import main
+
+    assert main(["config", "iterations=2", "--preset", "demo", "seed=5"]) == 0
+    out = capsys.readouterr().out
+    assert "iterations: 2" in out and "seed: 5" in out
+    with pytest.raises(SystemExit):
+        main(["presets", "--bogus"])
