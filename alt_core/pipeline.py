@@ -170,6 +170,36 @@ def feedback_specs(
     ]
 
 
+def shard_specs(
+    config: RunConfig,
+    layout: RunLayout,
+    iteration: int,
+    stage: str,
+    prompts_uri: str,
+    model_uri: str,
+    *,
+    greedy: bool,
+    num_rows: int,
+) -> tuple[list[SampleSpec], list[dict[str, Any]]]:
+    """The sampling shards of a stage (`train` or `eval`) and their feedback shards, at
+    the run layout's paths; used by the flow that runs them and by `alt status`."""
+    samples = sample_specs(
+        config,
+        prompts_uri,
+        model_uri,
+        lambda i: layout.shard(iteration, f"{stage}_samples", i),
+        seed=stage_seed(config, iteration, f"{stage}-sample"),
+        greedy=greedy,
+        num_rows=num_rows,
+    )
+    feedback = feedback_specs(
+        config,
+        [s.output_uri for s in samples],
+        lambda i: layout.shard(iteration, f"{stage}_feedback", i),
+    )
+    return samples, feedback
+
+
 def update_datapool(
     config: RunConfig,
     layout: RunLayout,

@@ -16,6 +16,7 @@ from typing import Any
 from alt_core import fingerprints as fps
 from alt_core import pipeline, store
 from alt_core.config import RunConfig
+from alt_core.methods import uses_judge
 from alt_core.store import RunLayout
 
 
@@ -37,7 +38,7 @@ class StageStatus:
         if len(self.states) <= 1:
             return ""
         done = self.states.count("committed")
-        return f"{done}/{len(self.states)} shards committed"
+        return f"{done}/{len(self.states)} parts committed"
 
 
 class _Walk:
@@ -70,25 +71,21 @@ class _Walk:
 
     def sample_and_feedback(self, k: int, stage: str, prompts_uri: str, model: str, greedy: bool):
         info = store.commit_info(prompts_uri)
-        if info is None or prompts_uri in self.redo:
+        if info is None:
             self.stage(k, f"{stage} samples", ["missing"])
             self.stage(k, f"{stage} feedback", ["missing"])
             return None
-        specs = pipeline.sample_specs(
-            self.config, prompts_uri, model,
-            lambda i: self.layout.shard(k, f"{stage}_samples", i),
-            seed=pipeline.stage_seed(self.config, k, f"{stage}-sample"),
+        specs, fb_specs = pipeline.shard_specs(
+            self.config, self.layout, k, stage, prompts_uri, model,
             greedy=greedy, num_rows=info["rows"],
         )  # fmt: skip
         sample_states, feedback_states, feedback_uris = [], [], []
-        for i, spec in enumerate(specs):
-            d = spec.to_dict()
-            fp = self.expected(fps.sample_fingerprint, self.config, d)
+        for spec, fb in zip(specs, fb_specs, strict=True):
+            fp = self.expected(fps.sample_fingerprint, self.config, spec.to_dict())
             sample_states.append(self.check(spec.output_uri, [prompts_uri, model], fp))
-            out = self.layout.shard(k, f"{stage}_feedback", i)
             fp = self.expected(fps.feedback_fingerprint, self.config, spec.output_uri)
-            feedback_states.append(self.check(out, [spec.output_uri], fp))
-            feedback_uris.append(out)
+            feedback_states.append(self.check(fb["output_uri"], [spec.output_uri], fp))
+            feedback_uris.append(fb["output_uri"])
         self.stage(k, f"{stage} samples", sample_states)
         self.stage(k, f"{stage} feedback", feedback_states)
         return feedback_uris
@@ -129,7 +126,9 @@ class _Walk:
                 pipeline.exemplar_for(config, layout, k),
             )
         )
-        self.stage(k, "prompts", [self.check(prompts, previous_pool, fp)])
+        # Judge methods take the exemplar from the previous pool; reward methods' is fixed.
+        exemplar_deps = previous_pool if uses_judge(config) else []
+        self.stage(k, "prompts", [self.check(prompts, exemplar_deps, fp)])
         feedback = self.sample_and_feedback(k, "train", prompts, policy_in, greedy=False)
         pool = layout.table(k, "datapool", "pool")
         train = layout.table(k, "datapool", "train")

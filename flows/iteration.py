@@ -28,25 +28,14 @@ def _sample_then_feedback(
 ) -> tuple[list[dict], list[dict], dict[str, float]]:
     """Sampling shards, each followed by its feedback shard as soon as it is done."""
     num_rows = store.commit_info(prompts_uri)["rows"]
-    specs = pipeline.sample_specs(
-        config,
-        prompts_uri,
-        model_uri,
-        lambda i: layout.shard(iteration, f"{stage}_samples", i),
-        seed=pipeline.stage_seed(config, iteration, f"{stage}-sample"),
-        greedy=greedy,
-        num_rows=num_rows,
+    specs, fb_specs = pipeline.shard_specs(
+        config, layout, iteration, stage, prompts_uri, model_uri, greedy=greedy, num_rows=num_rows
     )
     t0 = time.perf_counter()
     sample_futs = [
         stages.sample_shard.submit(config, spec.to_dict(), f"{stage}-sample-{i}")
         for i, spec in enumerate(specs)
     ]
-    fb_specs = pipeline.feedback_specs(
-        config,
-        [s.output_uri for s in specs],
-        lambda i: layout.shard(iteration, f"{stage}_feedback", i),
-    )
     fb_futs = [
         stages.feedback_shard.submit(config, spec, f"{stage}-feedback-{i}", wait_for=[sf])
         for i, (spec, sf) in enumerate(zip(fb_specs, sample_futs, strict=True))
