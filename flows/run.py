@@ -9,6 +9,7 @@ from prefect.artifacts import create_table_artifact
 
 from alt_core import store
 from alt_core.config import RunConfig
+from alt_core.report import format_cell
 from alt_core.store import RunLayout
 from flows.iteration import alt_iteration, evaluate_policy
 from tasks_lib import stages
@@ -28,15 +29,6 @@ TABLE_COLUMNS = [
     ("train_s", "train s", "{:.0f}"),
     ("eval_s", "eval s", "{:.0f}"),
 ]
-
-
-def format_cell(value: Any, fmt: str) -> str:
-    if value is None or (isinstance(value, float) and value != value):
-        return "-"
-    try:
-        return fmt.format(value)
-    except (ValueError, TypeError):
-        return str(value)
 
 
 def metrics_rows(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
