@@ -1,9 +1,10 @@
 """Fault injection for the resume tests: end the whole run at a named point.
 
 With `ALT_FAULT_POINT=<point>` in the environment, the code that reaches that point
-SIGKILLs the run's process group (the `alt` process, recorded in `ALT_RUN_PGID` by the
-command line) and its own, the way a lost machine or the OOM killer ends a run: no
-exception handler, no cleanup. Points: `<stage>:<shard>` for shard workers (for example
+SIGKILLs the run's process group (recorded in `ALT_RUN_PGID` by the command line, which
+makes the armed run a process group of its own so that nothing above it, such as `make`
+or a CI job, goes down with it) and its own, the way a lost machine or the OOM killer ends
+a run: no exception handler, no cleanup. Points: `<stage>:<shard>` for shard workers (for example
 `train_samples:1`, `train_feedback:0`), `datapool` (between the pool and the training
 set writes), `perplexity` (evaluation); training uses `ALT_TRAIN_FAIL_AT_STEP=N`.
 Unset, every check is one dictionary lookup.
@@ -18,7 +19,25 @@ import signal
 import sys
 
 FAULT_ENV = "ALT_FAULT_POINT"
+TRAIN_FAULT_ENV = "ALT_TRAIN_FAIL_AT_STEP"
 RUN_PGID_ENV = "ALT_RUN_PGID"
+
+
+def armed(environ: dict[str, str] | None = None) -> bool:
+    env = os.environ if environ is None else environ
+    return bool(env.get(FAULT_ENV) or env.get(TRAIN_FAULT_ENV))
+
+
+def claim_run_group() -> None:
+    """Called by the `alt` command: when a fault is armed, make this process the leader of
+    a process group of its own and record it, so the injected kill ends the run (this
+    process, its Prefect tasks and every worker) and never the shell, `make` or test
+    runner that started it. Unarmed, it changes nothing."""
+    if not armed():
+        return
+    if os.getpgid(0) != os.getpid():
+        os.setpgid(0, 0)
+    os.environ[RUN_PGID_ENV] = str(os.getpid())
 
 
 def shard_point(output_uri: str) -> str:
@@ -35,7 +54,10 @@ def kill_run() -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(int(pgid), signal.SIGKILL)
     try:
-        os.killpg(os.getpgid(0), signal.SIGKILL)
+        # A worker leads its own group (its engine's processes are in it); a process
+        # that does not lead its group must not take its parent's group down.
+        if os.getpgid(0) == os.getpid():
+            os.killpg(os.getpid(), signal.SIGKILL)
     finally:
         os.kill(os.getpid(), signal.SIGKILL)
 

@@ -30,7 +30,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import fsspec
@@ -305,18 +305,39 @@ def local_dir(uri: str, scratch: str | None = None) -> Path:
     root = Path(scratch or Path(tempfile.gettempdir()) / "alt-scratch") / key
     if (root / DIR_COMMIT).exists():
         return root  # the same files (the key is their hashes), downloaded before
-    tmp = root.with_name(root.name + f".tmp-{uuid.uuid4().hex[:6]}")
+    return get_dir(uri, root, manifest)
+
+
+def get_dir(uri: str, dest: str | Path, manifest: dict[str, Any] | None = None) -> Path:
+    """Download the committed folder at `uri` into `dest`, every file checked against its
+    commit hash. `dest` appears complete or not at all: the files land in a temporary
+    folder beside it that is renamed when they are all there (a download that fails
+    leaves nothing behind; one that loses a race to a concurrent download of the same
+    files yields to it)."""
+    dest = Path(dest)
+    manifest = manifest or read_json(join(uri, DIR_COMMIT))
+    tmp = dest.with_name(dest.name + f".tmp-{uuid.uuid4().hex[:6]}")
     try:
         _download(uri, manifest["files"], tmp)
         (tmp / DIR_COMMIT).write_text(json.dumps(manifest))
-        if not root.exists():
-            tmp.rename(root)
+        if not dest.exists():
+            tmp.rename(dest)
     except OSError:
-        if not (root / DIR_COMMIT).exists():  # not a concurrent download that won
+        if not (dest / DIR_COMMIT).exists():  # not a concurrent download that won
             raise
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # a failed download leaves nothing behind
-    return root
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def list_names(uri: str) -> list[str]:
+    """Names of the entries directly under the folder `uri` (none when it does not exist)."""
+    fs, path = _fs(uri)
+    fs.invalidate_cache(path)  # s3fs caches listings; another process may have written
+    if not _retrying("check", uri, fs.exists, path):
+        return []
+    entries = _retrying("list", uri, fs.ls, path, detail=False)
+    return sorted(PurePosixPath(str(e)).name for e in entries)
 
 
 def _download(uri: str, files: dict[str, str], dest_dir: Path) -> None:
@@ -353,6 +374,10 @@ class RunLayout:
 
     def policy(self, k: int) -> str:
         return join(self.iteration(k), "policy")
+
+    def training_state(self, k: int) -> str:
+        """The run store's copy of iteration k's resumable training state (remote runs)."""
+        return join(self.iteration(k), "policy.state")
 
     @property
     def config(self) -> str:

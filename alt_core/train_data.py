@@ -69,6 +69,15 @@ class TrainSpec(BaseModel):
             "spec continues from the newest complete checkpoint in it."
         ),
     )
+    state_uri: str | None = Field(
+        None,
+        description=(
+            "Run-store folder (fsspec URI, such as s3://bucket/run/iter_001/policy.state) that "
+            "every saved checkpoint is copied to, keeping the newest keep_checkpoints. A "
+            "training restarted on another machine, or after its local state folder was "
+            "lost, fetches the newest copy from there. None: the local state folder only."
+        ),
+    )
     checkpoint_every: int = Field(
         50,
         ge=0,

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from alt_core import store
 from alt_core.train_data import TrainingError, TrainSpec
 
 METRICS_FILE = "train_metrics.json"
@@ -60,6 +61,7 @@ _SPEC_NOT_IN_KEY = {
     "policy_path",
     "reference_path",
     "train_table",
+    "state_uri",
 }
 # The checkpoint settings stay out too, and so do the experiment trackers: switching one
 # on must not discard the saved state of a training half done.
@@ -218,8 +220,8 @@ def usable_checkpoints(
         return []
     usable = []
     for path in sorted(state_dir.iterdir(), reverse=True):
-        if path.name.startswith(TMP_PREFIX):
-            log(f"removing {path}: a checkpoint whose save was interrupted")
+        if path.name.startswith(TMP_PREFIX) or ".tmp-" in path.name:
+            log(f"removing {path}: a checkpoint whose save or download was interrupted")
             shutil.rmtree(path, ignore_errors=True)
         elif _step_of(path) is not None:
             try:
@@ -228,6 +230,51 @@ def usable_checkpoints(
                 log(f"skipping and removing checkpoint {path}: {exc}")
                 shutil.rmtree(path, ignore_errors=True)
     return usable
+
+
+# ------------------------------------------------------------ the run store's copy
+
+
+def mirror_checkpoint(path: Path, state_uri: str, keep: int) -> str:
+    """Copy the complete local checkpoint `path` into the run store under `state_uri`,
+    committed with a hash manifest, then drop the store's checkpoints beyond the newest
+    `keep` (and any copy that a kill left uncommitted). Returns the copy's URI."""
+    uri = store.put_dir(path, store.join(state_uri, path.name), meta={"step": _step_of(path)})
+    stored = stored_checkpoints(state_uri)
+    for name in store.list_names(state_uri):
+        if _step_of(Path(name)) is not None and name not in stored[:keep]:
+            store.remove(store.join(state_uri, name))
+    return uri
+
+
+def stored_checkpoints(state_uri: str) -> list[str]:
+    """Names of the committed checkpoint copies under `state_uri`, newest first."""
+    names = [n for n in store.list_names(state_uri) if _step_of(Path(n)) is not None]
+    committed = [n for n in names if store.dir_committed(store.join(state_uri, n))]
+    return sorted(committed, reverse=True)
+
+
+def fetch_newer_checkpoint(
+    state_dir: Path, state_uri: str, local_step: int, log: Callable[[str], None]
+) -> Path | None:
+    """Download the newest checkpoint copy in the run store that is newer than
+    `local_step` (the newest usable local one, 0 for none) into `state_dir`: a training
+    restarted on another machine, or after its scratch disk was lost, continues from the
+    store. A copy that fails its hash check is skipped for the next older one."""
+    for name in stored_checkpoints(state_uri):
+        step = _step_of(Path(name))
+        if step is None or step <= local_step:
+            return None
+        uri = store.join(state_uri, name)
+        try:
+            started = time.time()
+            path = store.get_dir(uri, checkpoint_path(state_dir, step))
+        except store.ArtifactError as exc:
+            log(f"cannot fetch the stored checkpoint {uri}: {exc}; trying an older one")
+            continue
+        log(f"fetched the training state of step {step} from {uri} ({time.time() - started:.1f} s)")
+        return path
+    return None
 
 
 # --------------------------------------------------------------------------- writing
@@ -284,10 +331,16 @@ def prune(state_dir: Path, keep: int) -> list[Path]:
 
 
 def save_checkpoint(
-    accelerator: Any, dist: Dist, state_dir: Path, record: dict[str, Any], keep: int
+    accelerator: Any,
+    dist: Dist,
+    state_dir: Path,
+    record: dict[str, Any],
+    keep: int,
+    state_uri: str | None = None,
 ) -> Path:
     """Save the full training state of step `record["step"]` on every process, then
-    commit it by renaming its folder (rank 0). Every process must call this."""
+    commit it by renaming its folder (rank 0) and, with `state_uri`, copy it into the
+    run store. Every process must call this."""
     final = checkpoint_path(state_dir, record["step"])
     tmp = state_dir / f"{TMP_PREFIX}{record['step']:08d}"
     if dist.is_main:
@@ -303,6 +356,8 @@ def save_checkpoint(
             shutil.rmtree(final)
         os.replace(tmp, final)
         _fsync(state_dir)
+        if state_uri:
+            mirror_checkpoint(final, state_uri, keep)
         prune(state_dir, keep)
     dist.barrier()
     return final
@@ -360,6 +415,7 @@ class Checkpointer:
     total_steps: int
     steps_per_epoch: int
     say: Callable[[str], None]
+    state_uri: str | None = None  # the run store's copy of the state (`TrainSpec.state_uri`)
 
     def position(self, step: int) -> tuple[int, int]:
         """(epoch, step within the epoch) of the update after `step` updates."""
@@ -385,7 +441,9 @@ class Checkpointer:
             "records": records,
         }
         started = time.time()
-        path = save_checkpoint(self.accelerator, self.dist, self.state_dir, record, self.keep)
+        path = save_checkpoint(
+            self.accelerator, self.dist, self.state_dir, record, self.keep, self.state_uri
+        )
         self.say(
             f"saved the training state of step {step} in {path} ({time.time() - started:.1f} s)"
         )
@@ -394,7 +452,7 @@ class Checkpointer:
     def resume(self) -> Progress:
         """Load the newest complete checkpoint of these inputs, if there is one (an older
         one where the newest does not load) and say where training stands."""
-        found = usable_checkpoints(self.state_dir, self.key, self.say) if self.dist.is_main else []
+        found = self._usable() if self.dist.is_main else []
         found = self.dist.broadcast(found)
         for path, record in found:
             self._check_shape(path, record)
@@ -413,6 +471,15 @@ class Checkpointer:
                 "delete that folder to train from the start"
             )
         return Progress()
+
+    def _usable(self) -> list[tuple[Path, dict[str, Any]]]:
+        found = usable_checkpoints(self.state_dir, self.key, self.say)
+        newest = found[0][1]["step"] if found else 0
+        if self.state_uri and fetch_newer_checkpoint(
+            self.state_dir, self.state_uri, newest, self.say
+        ):
+            found = usable_checkpoints(self.state_dir, self.key, self.say)
+        return found
 
     def _check_shape(self, path: Path, record: dict[str, Any]) -> None:
         saved = (record["total_steps"], record["steps_per_epoch"])

@@ -35,13 +35,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from alt_core.faults import kill_run
+from alt_core.faults import TRAIN_FAULT_ENV, kill_run
 from alt_core.procs import kill_process_group
 from alt_core.train_state import finished_summary
 from alt_core.training import TrainingError, TrainSpec, train
 
 SUMMARY_KEY = "train_summary"
-FAIL_AT_STEP_ENV = "ALT_TRAIN_FAIL_AT_STEP"
+FAIL_AT_STEP_ENV = TRAIN_FAULT_ENV
 _STDERR_TAIL = 30
 
 

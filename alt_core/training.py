@@ -524,7 +524,7 @@ def _prepare(
     pad_id = next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)
     state = Checkpointer(
         accelerator, dist, spec.resolved_state_dir, key, spec.checkpoint_every,
-        spec.keep_checkpoints, total_steps, steps_per_epoch, say,
+        spec.keep_checkpoints, total_steps, steps_per_epoch, say, spec.state_uri,
     )  # fmt: skip
     loop = _Loop(accelerator, dist, model, reference, optimizer, scheduler, data, cfg,
                  spec.seed, pad_id, total_steps, say, state)  # fmt: skip

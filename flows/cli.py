@@ -32,7 +32,7 @@ from alt_core.config import (
     load_config,
     validate_config,
 )
-from alt_core.faults import RUN_PGID_ENV
+from alt_core.faults import claim_run_group
 from alt_core.store import RunLayout
 
 
@@ -193,8 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
-    # Fault injection (alt_core.faults) ends the whole run through this process group.
-    os.environ.setdefault(RUN_PGID_ENV, str(os.getpgid(0)))
+    # Fault injection (alt_core.faults) ends the whole run through its own process group.
+    claim_run_group()
     try:
         if args.command == "presets":
             print("\n".join(list_presets()))

@@ -194,12 +194,16 @@ def train_policy(
     from alt_core.train_worker import launch_training
     from alt_core.training import TrainSpec
 
-    out_uri = RunLayout(run_dir).policy(iteration)
+    layout = RunLayout(run_dir)
+    out_uri = layout.policy(iteration)
     fp = fps.train_fingerprint(config, train_uri, policy_in, reference)
     if reuse(out_uri, fp, f"policy of iteration {iteration}"):
         return {"uri": out_uri, "skipped": True, **_train_summary(out_uri)}
     remote = store.is_remote(out_uri)
+    # A local run keeps its training state in the run folder (beside `local_out`); a
+    # remote one trains in local scratch and copies every checkpoint to the run store.
     local_out = _local_training_dir(config, out_uri) if remote else Path(f"{out_uri}.partial")
+    state_uri = layout.training_state(iteration) if remote else None
     spec = TrainSpec(
         policy_path=resolve_model(policy_in, config),
         reference_path=resolve_model(reference, config) if config.training.kl_coef > 0 else None,
@@ -212,6 +216,7 @@ def train_policy(
         run_name=re.sub(r"[^\w.-]+", "-", f"{config.name}-iter-{iteration:03d}"),
         checkpoint_every=config.training.checkpoint_every,
         keep_checkpoints=config.training.keep_checkpoints,
+        state_uri=state_uri,
     )
     if finished_summary(spec) is None and local_out.exists():
         # A finished-but-uncommitted model is kept; anything else in the partial output is
@@ -233,6 +238,8 @@ def train_policy(
         os.replace(local_out, out_uri)
         store.put_dir(out_uri, out_uri, meta={"iteration": iteration, "fingerprint": fp})
     shutil.rmtree(spec.resolved_state_dir, ignore_errors=True)
+    if state_uri:
+        store.remove(state_uri)  # the committed policy supersedes it
     update(100.0)
     return {"uri": out_uri, **summary}
 

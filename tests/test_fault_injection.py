@@ -1,7 +1,8 @@
 """Kill the run inside each stage, resume it, and get the uninterrupted result.
 
-Each faulty run is the real `alt` command in its own process group, SIGKILLed (group and
-all) from inside a stage by `alt_core.faults`; `alt resume` then finishes it. The final
+Each faulty run is the real `alt` command, started in this test's process group as `make`
+would start it, SIGKILLed (its own group and all) from inside a stage by
+`alt_core.faults`; `alt resume` then finishes it. The final
 datapool and metrics must equal those of an uninterrupted run with the same seeds, and
 only the lost work may be redone. Sampling uses transformers' generate here (the
 pipeline, not the engine, is under test; the vLLM path has its own integration tests),
@@ -67,7 +68,6 @@ def alt(args: list[str], env: dict[str, str], timeout: int = 600) -> subprocess.
         capture_output=True,
         text=True,
         timeout=timeout,
-        start_new_session=True,
     )
 
 

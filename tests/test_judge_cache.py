@@ -7,6 +7,7 @@ from pathlib import Path
 
 from alt_core import store
 from alt_core.judge import JudgeCache, load_template
+from alt_core.judge.config import JudgeConfig
 
 
 def entry(score, reason=None):
@@ -44,15 +45,22 @@ def test_uncommitted_parts_are_ignored(tmp_path):
     assert JudgeCache(str(tmp_path), "m", template).load() == 0
 
 
-def test_folders_separate_models_and_template_contents(tmp_path):
+def test_folders_separate_models_template_contents_and_answer_settings(tmp_path):
     tldr = load_template("tldr_lmu")
     edited = tldr.model_copy(update={"system": tldr.system + " Be strict."})
-    uris = {
-        JudgeCache(str(tmp_path), "a/model", tldr).uri,
-        JudgeCache(str(tmp_path), "b/model", tldr).uri,
-        JudgeCache(str(tmp_path), "a/model", edited).uri,
-    }
-    assert len(uris) == 3
+    default = JudgeConfig(model="a/model").answer_settings()
+    short = JudgeConfig(model="a/model", max_tokens=32).answer_settings()
+    seeded = JudgeConfig(model="a/model", extra_body={"seed": 1, "top_p": 0.9}).answer_settings()
+    reordered = {**seeded, "extra_body": {"top_p": 0.9, "seed": 1}}
+    uris = [
+        JudgeCache(str(tmp_path), "a/model", tldr, default).uri,
+        JudgeCache(str(tmp_path), "b/model", tldr, default).uri,
+        JudgeCache(str(tmp_path), "a/model", edited, default).uri,
+        JudgeCache(str(tmp_path), "a/model", tldr, short).uri,
+        JudgeCache(str(tmp_path), "a/model", tldr, seeded).uri,
+    ]
+    assert len(set(uris)) == 5
+    assert JudgeCache(str(tmp_path), "a/model", tldr, reordered).uri == uris[-1]
     assert all("/" not in u.removeprefix(str(tmp_path) + "/") for u in uris)
 
 

@@ -316,3 +316,43 @@ def test_state_of_other_inputs_is_not_resumed(setup, baseline):
     summary, lines = _run(other)
     assert summary["resumed_from_step"] is None and _step_lines(lines) == list(range(1, 13))
     assert any("other inputs" in x for x in lines)
+
+
+@pytest.mark.integration
+def test_state_copied_to_the_run_store_survives_a_lost_machine(setup, baseline, s3_run_root):
+    """Checkpoints are copied to S3 as they are saved; a training restarted with an empty
+    local disk (another machine, a lost scratch folder) fetches the newest and continues."""
+    import shutil
+
+    state_uri = f"{s3_run_root}/iter_001/policy.state"
+    spec = _spec(setup, "lost-machine", state_uri=state_uri)
+    _run(spec, fail_at=9)  # after the checkpoint of step 8 (saved at 4 and 8, keep 2)
+    assert train_state.stored_checkpoints(state_uri) == ["step-00000008", "step-00000004"]
+    shutil.rmtree(spec.resolved_state_dir)
+    shutil.rmtree(spec.output_dir, ignore_errors=True)
+
+    summary, lines = _run(spec)
+    assert any("fetched the training state of step 8" in x for x in lines)
+    assert summary["resumed_from_step"] == 8 and _step_lines(lines) == list(range(9, 13))
+    _assert_same_training(spec, baseline)
+    # The store keeps the newest two, like the local folder.
+    assert train_state.stored_checkpoints(state_uri) == ["step-00000012", "step-00000008"]
+
+
+def test_fetch_skips_a_corrupt_copy_for_an_older_one(tmp_path, s3_run_root):
+    state_uri = f"{s3_run_root}/policy.state"
+    for step in (4, 8):
+        train_state.mirror_checkpoint(_fake_checkpoint(tmp_path / "saved", step, "k"), state_uri, 2)
+    train_state.mirror_checkpoint(_fake_checkpoint(tmp_path / "saved", 12, "k"), state_uri, 2)
+    assert train_state.stored_checkpoints(state_uri) == ["step-00000012", "step-00000008"]
+    from alt_core import store
+
+    store.write_bytes_atomic(f"{state_uri}/step-00000012/scheduler.bin", b"garbage!")
+    lines: list[str] = []
+    local = tmp_path / "fresh"
+    fetched = train_state.fetch_newer_checkpoint(local, state_uri, 0, lines.append)
+    assert fetched == local / "step-00000008"
+    assert "does not match its commit hash" in lines[0]
+    assert [p.name for p, _ in usable_checkpoints(local, "k", print)] == ["step-00000008"]
+    # Nothing newer than what is local: nothing fetched.
+    assert train_state.fetch_newer_checkpoint(local, state_uri, 8, print) is None

@@ -1,11 +1,13 @@
 """Cache of parsed judge answers in the artifact store (local folder or s3://).
 
 Layout: `<cache_uri>/<template>-<model>-<hash>/part-<time>-<random>.parquet`, one folder
-per (judge model, template content) and one committed Parquet part per flush. Every
+per (judge model, template content, answer settings) and one committed Parquet part per
+flush. The answer settings are what changes the answer to the same request (temperature,
+max_tokens, extra_body): a judgement cut short at 64 tokens is not reused at 256. Every
 writer creates new, uniquely named parts and never rewrites one, so shards that judge
 at the same time cannot clobber each other's entries; readers load every committed part
 and skip parts still being written. Entries are keyed by a hash of the model, the
-template name and content hash, and the (prompt, generation) pair.
+template name and content hash, the answer settings, and the (prompt, generation) pair.
 """
 
 from __future__ import annotations
@@ -33,11 +35,20 @@ ENTRY_FIELDS = ["feedback", "score", "analysis", "missing_reason", "raw_answer"]
 class JudgeCache:
     """In-memory dict of judgements, backed by append-only parts under `uri` (or none)."""
 
-    def __init__(self, uri: str | None, model: str, template: JudgeTemplate):
+    def __init__(
+        self,
+        uri: str | None,
+        model: str,
+        template: JudgeTemplate,
+        settings: dict[str, Any] | None = None,
+    ):
         self.model = model
         self.template = template
         self.template_hash = template.content_hash
-        ident = hashlib.sha256(f"{model}\0{self.template_hash}".encode()).hexdigest()[:12]
+        # Canonical JSON, so that {"a": 1, "b": 2} and {"b": 2, "a": 1} are the same settings.
+        self.settings = json.dumps(settings or {}, sort_keys=True, default=str)
+        ident = f"{model}\0{self.template_hash}\0{self.settings}"
+        ident = hashlib.sha256(ident.encode()).hexdigest()[:12]
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", model)[:60]
         self.uri = store.join(uri, f"{template.name}-{slug}-{ident}") if uri else None
         self._entries: dict[str, dict[str, Any]] = {}
@@ -45,7 +56,9 @@ class JudgeCache:
         self._loaded = False
 
     def key(self, prompt: str, generation: str) -> str:
-        blob = json.dumps([self.model, self.template.name, self.template_hash, prompt, generation])
+        blob = json.dumps(
+            [self.model, self.template.name, self.template_hash, self.settings, prompt, generation]
+        )
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def load(self) -> int:

@@ -129,7 +129,7 @@ class JudgeClient:
             template = load_template(template or config.template)
         self.template = template
         self._parse = template.parser_fn()
-        self.cache = JudgeCache(cache_uri, config.model, template)
+        self.cache = JudgeCache(cache_uri, config.model, template, config.answer_settings())
         self._lanes: list[httpx.AsyncClient] = []
         self._auth = httpx.Headers()
         self._redact = Redactor(None)

@@ -98,6 +98,15 @@ class JudgeConfig(BaseModel):
         "at most this many paid judgements.",
     )
 
+    def answer_settings(self) -> dict[str, Any]:
+        """What, beside the model, template and request text, changes the judge's answer:
+        part of the judge cache's key."""
+        return {
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "extra_body": self.extra_body,
+        }
+
     @field_validator("api_key_env")
     @classmethod
     def _env_name(cls, value: str) -> str:
