@@ -91,6 +91,13 @@ class DataConfig(StrictModel):
     train_split: str = Field("train", description="Train split name (source='hf').")
     valid_split: str = Field("valid", description="Validation split name (source='hf').")
     prompt_column: str = Field("prompt", description="Column holding the prompt text.")
+    prompt_format: Literal["text", "hh_dialogue"] = Field(
+        "text",
+        description="What the prompt column holds: 'text', the prompt itself; 'hh_dialogue', a "
+        "whole Anthropic HH dialogue ('\\n\\nHuman: ... \\n\\nAssistant: ...', e.g. the "
+        "'chosen' column of Anthropic/hh-rlhf), cut after its last '\\n\\nAssistant:' so "
+        "that the policy writes the assistant's last reply.",
+    )
     prompts_per_iteration: int = Field(
         2048, gt=0, description="Prompts drawn uniformly with replacement per iteration."
     )
@@ -261,7 +268,10 @@ class TrainingConfig(StrictModel):
         "the newest. 0: only at the end.",
     )
     keep_checkpoints: int = Field(
-        2, gt=0, description="Newest training-state checkpoints kept on local disk."
+        2,
+        gt=0,
+        description="Newest training-state checkpoints kept (on local disk and, for an s3:// "
+        "run folder, in the bucket).",
     )
     report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
         default_factory=list,

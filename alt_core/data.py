@@ -30,6 +30,10 @@ FORMATS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".json": 
            ".csv": "csv"}  # fmt: skip
 
 
+# Where an Anthropic HH dialogue hands the turn to the assistant.
+HH_ASSISTANT = "\n\nAssistant:"
+
+
 class DataError(ValueError):
     """Prompts that cannot be used; the message names the source and the fix."""
 
@@ -61,7 +65,29 @@ def load_prompts(
         raise DataError(f"unknown data.source {data.source!r}; use demo, file or hf")
     if split == "valid" and data.num_valid_prompts is not None:
         table = table.iloc[: data.num_valid_prompts]
-    return validate_prompts(table, column, f"{where} ({split} split)")
+    where = f"{where} ({split} split)"
+    if data.prompt_format == "hh_dialogue":
+        table = dialogue_prompts(table, column, where)
+    return validate_prompts(table, column, where)
+
+
+def dialogue_prompts(table: pd.DataFrame, column: str, where: str) -> pd.DataFrame:
+    """Cut every dialogue of `column` after its last assistant marker: the prompt is the
+    conversation so far, ending where the assistant's last reply begins."""
+    if column not in table.columns:
+        return table  # validate_prompts names the missing column
+    text = table[column]
+    is_text = text.map(lambda v: isinstance(v, str)).astype(bool)
+    parts = text.where(is_text, "").astype(str).str.rpartition(HH_ASSISTANT)
+    bad = parts[1].eq("")
+    if bad.any():
+        rows = [int(i) for i in np.flatnonzero(bad.to_numpy())[:5]]
+        raise DataError(
+            f"{where}: {int(bad.sum())} of {len(text)} rows in column {column!r} are not HH "
+            f"dialogues (no {HH_ASSISTANT!r} turn; first rows: {rows}). Set "
+            f"data.prompt_format=text if the column holds plain prompts, or drop those rows"
+        )
+    return table.assign(**{column: parts[0] + parts[1]})
 
 
 def validate_prompts(table: pd.DataFrame, column: str, where: str) -> pd.DataFrame:

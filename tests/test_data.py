@@ -182,6 +182,37 @@ def test_hf_source_loads_a_saved_dataset(tmp_path, hf_cache):
     assert valid["prompt"].tolist() == VALID and valid["prompt_id"].tolist() == [0, 1, 2]
 
 
+HH = [
+    "\n\nHuman: How do I boil an egg?\n\nAssistant: Put it in boiling water for 9 minutes.",
+    "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Tell me a joke\n\nAssistant: Why did",
+]
+
+
+def test_hh_dialogues_become_the_conversation_up_to_the_last_reply(tmp_path, hf_cache):
+    """Anthropic/hh-rlhf's layout: whole dialogues in `chosen`, splits train and test."""
+    folder = tmp_path / "hh"
+    folder.mkdir()
+    write(folder / "train.jsonl", HH, column="chosen")
+    write(folder / "test.jsonl", HH[:1], column="chosen")
+    config = hf_config(
+        str(folder), valid_split="test", prompt_column="chosen", prompt_format="hh_dialogue"
+    )
+    assert load_prompts(config, "train")["prompt"].tolist() == [
+        "\n\nHuman: How do I boil an egg?\n\nAssistant:",
+        "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Tell me a joke\n\nAssistant:",
+    ]
+    assert load_prompts(config, "valid")["prompt"].tolist() == [
+        "\n\nHuman: How do I boil an egg?\n\nAssistant:"
+    ]
+
+
+def test_rows_that_are_not_dialogues_are_named(tmp_path):
+    train = write(tmp_path / "t.jsonl", [HH[0], "just a prompt", None], column="chosen")
+    config = file_config(train, train, prompt_column="chosen", prompt_format="hh_dialogue")
+    with pytest.raises(DataError, match=r"2 of 3 rows .* not HH dialogues.*rows: \[1, 2\]"):
+        load_prompts(config, "train")
+
+
 def test_hf_unknown_split_and_column_are_data_errors(tmp_path, hf_cache):
     folder = tmp_path / "ds"
     folder.mkdir()
