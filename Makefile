@@ -28,9 +28,10 @@ test-fast: install  ## unit tests only (seconds)
 bench: install  ## speed benchmarks, printed as side-by-side ratios
 	$(BIN)/python bench/run_all.py
 
-lint: install
+lint: install  ## ruff, and mypy on alt_core
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 format: install
 	$(BIN)/ruff format .

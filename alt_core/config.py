@@ -63,6 +63,9 @@ class StrictModel(BaseModel):
     )
 
 
+Dtype = Literal["auto", "float32", "float16", "bfloat16"]
+
+
 class ModelConfig(StrictModel):
     policy: str = Field(
         "demo",
@@ -73,7 +76,7 @@ class ModelConfig(StrictModel):
         None, description="Frozen reference model for the KL term; defaults to the initial policy."
     )
     tokenizer: str | None = Field(None, description="Tokenizer to use; defaults to the policy's.")
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+    dtype: Dtype = Field(
         "auto", description="Weights dtype for sampling and evaluation ('auto': fp32 on CPU)."
     )
     trust_remote_code: bool = Field(False, description="Allow custom model code from the hub.")
@@ -134,6 +137,7 @@ class SamplingConfig(StrictModel):
     max_num_seqs: int = Field(256, gt=0, description="vLLM's cap on sequences in one batch.")
 
 
+Provider = Literal["auto", "sentiment", "reward_model", "rule_critic", "judge"]
 # Providers that give a scalar reward, and those that write textual feedback.
 REWARD_PROVIDERS = ("sentiment", "reward_model")
 TEXT_PROVIDERS = ("rule_critic", "judge")
@@ -173,7 +177,7 @@ class RuleCriticConfig(StrictModel):
 
 
 class FeedbackConfig(StrictModel):
-    provider: Literal["auto", "sentiment", "reward_model", "rule_critic", "judge"] = Field(
+    provider: Provider = Field(
         "auto",
         description="Feedback source: 'sentiment' (VADER sentiment of the continuation, the demo "
         "reward), 'reward_model' (a scalar-head sequence classifier), 'rule_critic' (a "
@@ -367,6 +371,7 @@ class RunConfig(StrictModel):
         place, so the recorded config, fingerprints and workers see the real provider."""
         if self.feedback.provider != "auto":
             return
+        chosen: Provider
         if self.data.source == "demo":
             chosen = "sentiment" if self.method in REWARD_METHODS else "rule_critic"
         elif self.method in REWARD_METHODS and self.feedback.reward_model:

@@ -464,7 +464,8 @@ def _train_lm(model, ids, lengths, settings: DemoModelSettings, seed: int, log: 
     )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, settings))
     order = torch.randperm(len(ids), generator=gen)
-    pos, recent, start, tokens = 0, [], time.monotonic(), 0
+    recent: list[float] = []
+    pos, start, tokens = 0, time.monotonic(), 0
     model.train()
     for step in range(settings.steps):
         if pos + settings.batch_size > len(order):

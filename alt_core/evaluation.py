@@ -32,9 +32,9 @@ def reference_nll(
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     nll = np.zeros(len(prompts))
     count = np.zeros(len(prompts), dtype=np.int64)
-    max_len = getattr(model.config, "n_positions", None) or getattr(
-        model.config, "max_position_embeddings", 2048
-    )
+    config: Any = model.config
+    max_len: int = config.n_positions if hasattr(config, "n_positions") else 0
+    max_len = max_len or getattr(config, "max_position_embeddings", 2048)
     for lo in range(0, len(prompts), batch_size):
         p_ids = tok(prompts[lo : lo + batch_size], add_special_tokens=False)["input_ids"]
         # Scored as trained: one space between prompt and generation (the datapool rule).

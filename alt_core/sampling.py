@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import pandas as pd
 
 from alt_core import store
+from alt_core.config import Dtype
 from alt_core.faults import crash_if, shard_point
 from alt_core.schemas import PROMPTS, SAMPLES, require_columns
 
@@ -45,7 +46,7 @@ class EngineSettings:
     cpu_kvcache_gib: float = 1.0
     enforce_eager: bool = True
     max_num_seqs: int = 256
-    dtype: str = "auto"
+    dtype: Dtype = "auto"
     trust_remote_code: bool = False
 
 
@@ -122,6 +123,7 @@ class VLLMBackend:
         self, prompt_ids: list[list[int]], params: GenerationParams, seeds: list[int]
     ) -> list[list[Generation]]:
         from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
 
         greedy = params.temperature == 0
         sps = [
@@ -134,7 +136,7 @@ class VLLMBackend:
             )
             for seed in seeds
         ]
-        prompts = [{"prompt_token_ids": ids} for ids in prompt_ids]
+        prompts = [TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids]
         outputs = self.llm.generate(prompts, sps, use_tqdm=False)
         return [
             [Generation(o.text, len(o.token_ids), o.finish_reason == "length") for o in out.outputs]
@@ -179,7 +181,7 @@ class HFBackend:
             gens = []
             for row in out[:, len(ids) :].tolist():
                 stop = row.index(eos) if eos in row else len(row)
-                text = self.tokenizer.decode(row[:stop], skip_special_tokens=True)
+                text = str(self.tokenizer.decode(row[:stop], skip_special_tokens=True))
                 gens.append(Generation(text, stop, stop >= params.max_new_tokens))
             results.append(gens)
         return results

@@ -27,13 +27,16 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from alt_core.config import TrainingConfig
+
+if TYPE_CHECKING:  # transformers is imported where a model is built, not at module level
+    from transformers import PreTrainedModel
 from alt_core.losses import IGNORE_INDEX, conditional_sft_loss
 from alt_core.store import read_table, write_json
 from alt_core.train_data import (
@@ -116,7 +119,7 @@ def find_transformer_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
 
 
 def freeze_lower_layers(
-    model: nn.Module, unfrozen_layers_ratio: float, keep_input_embeddings: bool = False
+    model: PreTrainedModel, unfrozen_layers_ratio: float, keep_input_embeddings: bool = False
 ) -> dict[str, int]:
     """Freeze the bottom blocks and the embeddings so only the top share of blocks trains.
 
@@ -136,10 +139,10 @@ def freeze_lower_layers(
         trained = max(1, math.floor(unfrozen_layers_ratio * len(blocks) + 0.5))
         for block in blocks[: len(blocks) - trained]:
             block.requires_grad_(False)
-        input_embeddings = model.get_input_embeddings()
+        table = model.get_input_embeddings()
         for name, module in model.named_modules():
             outside_blocks = not name.startswith(path + ".")
-            keep = keep_input_embeddings and module is input_embeddings
+            keep = keep_input_embeddings and module is table
             if isinstance(module, nn.Embedding) and outside_blocks and not keep:
                 module.requires_grad_(False)
     params = list(model.parameters())
@@ -149,18 +152,30 @@ def freeze_lower_layers(
         "blocks_trained": trained,
         "params": sum(p.numel() for p in params),
         "params_trainable": sum(p.numel() for p in params if p.requires_grad),
-        "input_embeddings_trainable": int(model.get_input_embeddings().weight.requires_grad),
+        "input_embeddings_trainable": int(input_embeddings(model).weight.requires_grad),
     }
 
 
-def add_tokens(tokenizer: Any, model: nn.Module, tokens: Sequence[str]) -> int:
+def input_embeddings(model: PreTrainedModel) -> nn.Embedding:
+    """The model's input embedding table; layer freezing and Quark's added tokens need a
+    plain `nn.Embedding` there."""
+    table = model.get_input_embeddings()
+    if not isinstance(table, nn.Embedding):
+        raise TrainingError(
+            f"{type(model).__name__}'s input embeddings are a {type(table).__name__}, not an "
+            "nn.Embedding: this trainer supports causal LMs with a plain embedding table"
+        )
+    return table
+
+
+def add_tokens(tokenizer: Any, model: PreTrainedModel, tokens: Sequence[str]) -> int:
     """Add `tokens` to the tokenizer and grow the embeddings if they no longer fit.
 
     Never shrinks: some checkpoints (GPT-J) carry more embedding rows than tokenizer
     entries, and new tokens then reuse those spare rows. Returns how many tokens were new.
     """
     added = tokenizer.add_tokens(list(tokens)) if tokens else 0
-    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+    if len(tokenizer) > input_embeddings(model).num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
     return added
 
@@ -193,7 +208,7 @@ def _check_paths(spec: TrainSpec) -> None:
             )
 
 
-def _load_policy(spec: TrainSpec) -> tuple[Any, nn.Module, int]:
+def _load_policy(spec: TrainSpec) -> tuple[Any, PreTrainedModel, int]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(spec.policy_path)
@@ -203,7 +218,7 @@ def _load_policy(spec: TrainSpec) -> tuple[Any, nn.Module, int]:
     return tokenizer, model, added
 
 
-def _load_reference(spec: TrainSpec, accelerator: Any) -> nn.Module:
+def _load_reference(spec: TrainSpec, accelerator: Any) -> PreTrainedModel:
     """The frozen reference: eval mode, no gradients, kept out of DeepSpeed (it has no
     optimizer state to shard), in the training precision to save memory."""
     from transformers import AutoModelForCausalLM
@@ -211,6 +226,8 @@ def _load_reference(spec: TrainSpec, accelerator: Any) -> nn.Module:
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
         str(accelerator.mixed_precision), torch.float32
     )
+    if spec.reference_path is None:  # TrainSpec's validator requires it when kl_coef > 0
+        raise TrainingError("no reference_path to load the reference model from")
     model = AutoModelForCausalLM.from_pretrained(spec.reference_path, **_dtype_kwargs(dtype))
     model.requires_grad_(False)
     return model.eval().to(accelerator.device)
@@ -308,7 +325,7 @@ class _Loop:
     accelerator: Any
     dist: Dist
     model: Any
-    reference: nn.Module | None
+    reference: PreTrainedModel | None
     optimizer: Any
     scheduler: Any
     data: TokenisedTable
@@ -321,7 +338,7 @@ class _Loop:
 
     @property
     def ref_vocab(self) -> int:
-        return self.reference.get_input_embeddings().num_embeddings if self.reference else 0
+        return input_embeddings(self.reference).num_embeddings if self.reference else 0
 
 
 def _batch_loss(loop: _Loop, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

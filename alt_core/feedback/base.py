@@ -89,7 +89,7 @@ def missing_generations(df: pd.DataFrame) -> pd.Series:
 
 def reason_where(mask: pd.Series, reason: str) -> pd.Series:
     """`reason` where `mask` is true, None elsewhere (a `missing_reason` column)."""
-    return pd.Series(np.where(mask, reason, None), index=mask.index, dtype=object)
+    return pd.Series(reason, index=mask.index, dtype=object).where(mask.astype(bool), None)
 
 
 def get_provider(config: RunConfig) -> FeedbackProvider:

@@ -36,7 +36,7 @@ async def resolve_api_key(config: JudgeConfig) -> SecretStr | None:
                 f"could not load the Prefect Secret block {block_name!r} ({type(exc).__name__}); "
                 f"create it with `prefect block create secret` or fix the name"
             ) from None
-        return SecretStr(str(block.get()))
+        return SecretStr(str(block.get()))  # type: ignore[attr-defined]  # Block.aload's type
     value = os.environ.get(config.api_key_env)
     if not value:
         log.info(
