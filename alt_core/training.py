@@ -6,7 +6,9 @@ values (`kl_coef`, `entropy_coef`, added control tokens). The building blocks:
 
 - `alt_core.train_data`: the spec, tokenising, collating and the data order (re-exported
   here).
-- `freeze_lower_layers`: trains only the top share of transformer blocks.
+- `alt_core.train_model`: loading the policy and reference, added tokens, and
+  `freeze_lower_layers`, which trains only the top share of transformer blocks
+  (re-exported here).
 - `train(spec)`: the loop, run through Accelerate + DeepSpeed in a worker process (see
   `alt_core.train_worker`). It saves its full state every `spec.checkpoint_every` steps
   and at the end (`alt_core.train_state`); started again with the same spec after a
@@ -31,12 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from alt_core.config import TrainingConfig
-
-if TYPE_CHECKING:  # transformers is imported where a model is built, not at module level
-    from transformers import PreTrainedModel
 from alt_core.losses import IGNORE_INDEX, conditional_sft_loss
 from alt_core.store import read_table, write_json
 from alt_core.train_data import (
@@ -50,6 +48,16 @@ from alt_core.train_data import (
     linear_warmup_decay,
     tokenise_train_table,
 )
+from alt_core.train_model import (
+    add_tokens,
+    check_paths,
+    find_transformer_blocks,
+    freeze_lower_layers,
+    input_embeddings,
+    load_policy,
+    load_reference,
+    save_kwargs,
+)
 from alt_core.train_state import (
     METRICS_FILE,
     Checkpointer,
@@ -59,6 +67,9 @@ from alt_core.train_state import (
     resume_key,
     state_lock,
 )
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 __all__ = [
     "METRICS_FILE",
@@ -73,6 +84,7 @@ __all__ = [
     "epoch_batches",
     "find_transformer_blocks",
     "freeze_lower_layers",
+    "input_embeddings",
     "linear_warmup_decay",
     "tokenise_train_table",
     "train",
@@ -82,155 +94,6 @@ LOSS_TERMS = ("loss", "nll", "kl", "entropy")
 # Step-record fields sent to the experiment trackers, as `train/<name>`.
 TRACKED = (*LOSS_TERMS, "lr", "grad_norm")
 TRACKER_DIR = "trackers"
-# Where the common architectures keep their block list; anything else falls back to the
-# longest homogeneous nn.ModuleList.
-BLOCK_PATHS = (
-    "transformer.h",  # GPT-2, GPT-J, Bloom
-    "model.layers",  # Llama, Mistral, Qwen, Gemma
-    "gpt_neox.layers",  # GPT-NeoX, Pythia
-    "model.decoder.layers",  # OPT
-    "transformer.blocks",  # MPT
-)
-
-
-# --------------------------------------------------------------------------- model
-
-
-def find_transformer_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """The model's list of transformer blocks and its dotted path."""
-    for path in BLOCK_PATHS:
-        try:
-            blocks = model.get_submodule(path)
-        except AttributeError:
-            continue
-        if isinstance(blocks, nn.ModuleList) and len(blocks) > 0:
-            return path, blocks
-    lists = [
-        (name, m)
-        for name, m in model.named_modules()
-        if isinstance(m, nn.ModuleList) and len(m) > 0 and len({type(c) for c in m}) == 1
-    ]
-    if not lists:
-        raise TrainingError(
-            f"cannot find the transformer blocks of {type(model).__name__}: no module list at "
-            f"{BLOCK_PATHS}; set training.unfrozen_layers_ratio=1.0 to train every layer"
-        )
-    return max(lists, key=lambda item: len(item[1]))
-
-
-def freeze_lower_layers(
-    model: PreTrainedModel, unfrozen_layers_ratio: float, keep_input_embeddings: bool = False
-) -> dict[str, int]:
-    """Freeze the bottom blocks and the embeddings so only the top share of blocks trains.
-
-    With ratio 1.0 nothing is frozen. The number of trained blocks is ratio x blocks,
-    rounded half up, at least one. Embeddings are frozen with the bottom blocks (on
-    models with tied embeddings, like GPT-2, that freezes the output head too), except
-    the input embeddings when `keep_input_embeddings`: tokens added to the vocabulary
-    (Quark's control tokens) start from an average embedding and carry the conditioning
-    signal, so their rows must learn; a parameter cannot be frozen row-wise, so the whole
-    matrix stays trainable.
-    """
-    if not 0 < unfrozen_layers_ratio <= 1:
-        raise ValueError(f"unfrozen_layers_ratio must be in (0, 1], got {unfrozen_layers_ratio}")
-    path, blocks = find_transformer_blocks(model)
-    trained = len(blocks)
-    if unfrozen_layers_ratio < 1:
-        trained = max(1, math.floor(unfrozen_layers_ratio * len(blocks) + 0.5))
-        for block in blocks[: len(blocks) - trained]:
-            block.requires_grad_(False)
-        table = model.get_input_embeddings()
-        for name, module in model.named_modules():
-            outside_blocks = not name.startswith(path + ".")
-            keep = keep_input_embeddings and module is table
-            if isinstance(module, nn.Embedding) and outside_blocks and not keep:
-                module.requires_grad_(False)
-    params = list(model.parameters())
-    return {
-        "blocks": len(blocks),
-        "blocks_frozen": len(blocks) - trained,
-        "blocks_trained": trained,
-        "params": sum(p.numel() for p in params),
-        "params_trainable": sum(p.numel() for p in params if p.requires_grad),
-        "input_embeddings_trainable": int(input_embeddings(model).weight.requires_grad),
-    }
-
-
-def input_embeddings(model: PreTrainedModel) -> nn.Embedding:
-    """The model's input embedding table; layer freezing and Quark's added tokens need a
-    plain `nn.Embedding` there."""
-    table = model.get_input_embeddings()
-    if not isinstance(table, nn.Embedding):
-        raise TrainingError(
-            f"{type(model).__name__}'s input embeddings are a {type(table).__name__}, not an "
-            "nn.Embedding: this trainer supports causal LMs with a plain embedding table"
-        )
-    return table
-
-
-def add_tokens(tokenizer: Any, model: PreTrainedModel, tokens: Sequence[str]) -> int:
-    """Add `tokens` to the tokenizer and grow the embeddings if they no longer fit.
-
-    Never shrinks: some checkpoints (GPT-J) carry more embedding rows than tokenizer
-    entries, and new tokens then reuse those spare rows. Returns how many tokens were new.
-    """
-    added = tokenizer.add_tokens(list(tokens)) if tokens else 0
-    if len(tokenizer) > input_embeddings(model).num_embeddings:
-        model.resize_token_embeddings(len(tokenizer))
-    return added
-
-
-def _dtype_kwargs(dtype: torch.dtype) -> dict[str, torch.dtype]:
-    """from_pretrained's dtype keyword: `dtype` since transformers 4.56, `torch_dtype` before."""
-    import transformers
-    from packaging.version import Version
-
-    key = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
-    return {key: dtype}
-
-
-def _save_kwargs() -> dict[str, bool]:
-    """transformers 4.x takes `safe_serialization`; 5.x writes only safetensors and dropped it."""
-    import transformers
-    from packaging.version import Version
-
-    return {"safe_serialization": True} if Version(transformers.__version__).major < 5 else {}
-
-
-def _check_paths(spec: TrainSpec) -> None:
-    """Fail before DeepSpeed starts when an input is missing."""
-    for what, path in (("policy_path", spec.policy_path), ("reference_path", spec.reference_path)):
-        if path and not (Path(path) / "config.json").is_file():
-            raise TrainingError(
-                f"{what} {path!r} is not a local checkpoint folder (no config.json); the trainer "
-                "loads local folders only: fetch remote ones with alt_core.store.local_dir or "
-                "huggingface_hub.snapshot_download first"
-            )
-
-
-def _load_policy(spec: TrainSpec) -> tuple[Any, PreTrainedModel, int]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(spec.policy_path)
-    # fp32 weights: under fp16/bf16 DeepSpeed keeps fp32 master copies made from these.
-    model = AutoModelForCausalLM.from_pretrained(spec.policy_path, **_dtype_kwargs(torch.float32))
-    added = add_tokens(tokenizer, model, spec.added_tokens)
-    return tokenizer, model, added
-
-
-def _load_reference(spec: TrainSpec, accelerator: Any) -> PreTrainedModel:
-    """The frozen reference: eval mode, no gradients, kept out of DeepSpeed (it has no
-    optimizer state to shard), in the training precision to save memory."""
-    from transformers import AutoModelForCausalLM
-
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
-        str(accelerator.mixed_precision), torch.float32
-    )
-    if spec.reference_path is None:  # TrainSpec's validator requires it when kl_coef > 0
-        raise TrainingError("no reference_path to load the reference model from")
-    model = AutoModelForCausalLM.from_pretrained(spec.reference_path, **_dtype_kwargs(dtype))
-    model.requires_grad_(False)
-    return model.eval().to(accelerator.device)
 
 
 def _make_accelerator(cfg: TrainingConfig, output_dir: str) -> Any:
@@ -479,7 +342,7 @@ def _save_model(loop: _Loop, tokenizer: Any, output_dir: str) -> None:
         for stale in [*out.glob("model*.safetensors"), *out.glob("*.safetensors.index.json")]:
             stale.unlink()
         unwrapped = loop.accelerator.unwrap_model(loop.model)
-        unwrapped.save_pretrained(out, state_dict=state_dict, **_save_kwargs())
+        unwrapped.save_pretrained(out, state_dict=state_dict, **save_kwargs())
         tokenizer.save_pretrained(out)
     loop.dist.barrier()
 
@@ -507,9 +370,9 @@ def _prepare(
     """Load the models and data, build the optimizer and schedule, wrap with DeepSpeed."""
     cfg = spec.training
     say = log if dist.is_main else (lambda _msg: None)
-    tokenizer, model, added = _load_policy(spec)
+    tokenizer, model, added = load_policy(spec)
     freeze = freeze_lower_layers(model, cfg.unfrozen_layers_ratio, keep_input_embeddings=added > 0)
-    reference = _load_reference(spec, accelerator) if cfg.kl_coef > 0 else None
+    reference = load_reference(spec, accelerator) if cfg.kl_coef > 0 else None
     data = tokenise_train_table(read_table(spec.train_table), tokenizer, cfg.max_seq_len)
     if any(v for k, v in data.stats.items() if k != "rows"):
         say(f"warning: truncated to training.max_seq_len={cfg.max_seq_len}: {data.stats}")
@@ -572,7 +435,7 @@ def train(
     if done is not None:
         log(f"training already finished: {spec.output_dir} holds its final model; nothing to do")
         return done
-    _check_paths(spec)
+    check_paths(spec)
     accelerator = _make_accelerator(spec.training, spec.output_dir)
     dist = Dist.current()
     set_seed(spec.seed)
