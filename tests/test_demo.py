@@ -10,6 +10,7 @@ import pytest
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
 from alt_core import demo, store
+from alt_core import demo_reviews as gen
 
 TINY = demo.DemoModelSettings(
     vocab_size=300,
@@ -34,16 +35,16 @@ def vader() -> SentimentIntensityAnalyzer:
 
 
 def test_generator_is_deterministic_and_seeded():
-    a, b = demo.generate_reviews(300, 1), demo.generate_reviews(300, 1)
+    a, b = gen.generate_reviews(300, 1), gen.generate_reviews(300, 1)
     pd.testing.assert_frame_equal(a, b)
-    assert not a["text"].equals(demo.generate_reviews(300, 2)["text"])
+    assert not a["text"].equals(gen.generate_reviews(300, 2)["text"])
 
 
 def test_reviews_are_varied_and_prompts_are_prefixes():
-    reviews = demo.generate_reviews(2000, 0)
+    reviews = gen.generate_reviews(2000, 0)
     assert reviews["text"].nunique() > 1900
     assert reviews["prompt"].nunique() > 500
-    assert set(reviews["domain"]) == {d.noun for d in demo.DOMAINS}
+    assert set(reviews["domain"]) == {d.noun for d in gen.DOMAINS}
     assert reviews.apply(lambda r: r.text.startswith(r.prompt + " "), axis=1).all()
     assert (reviews["prompt"].str.split().str.len() >= 2).all()
     sentences = reviews["text"].str.count(r"[.!?](?:\s|$)")
@@ -53,9 +54,9 @@ def test_reviews_are_varied_and_prompts_are_prefixes():
 
 
 def test_labels_and_vader_sentiment_are_balanced(vader):
-    reviews = demo.generate_reviews(2000, 0)
+    reviews = gen.generate_reviews(2000, 0)
     shares = reviews["label"].value_counts(normalize=True)
-    assert set(shares.index) == set(demo.LABELS)
+    assert set(shares.index) == set(gen.LABELS)
     assert shares.between(0.2, 0.3).all()
     text = reviews["text"].map(lambda t: vader.polarity_scores(t)["compound"])
     assert 0.3 < (text > 0.05).mean() < 0.55
@@ -71,40 +72,40 @@ def test_labels_and_vader_sentiment_are_balanced(vader):
 
 def test_word_lists_agree_with_vader(vader):
     lexicon = vader.lexicon
-    good = set(demo.GOOD).union(*(d.good for d in demo.DOMAINS))
-    bad = set(demo.BAD).union(*(d.bad for d in demo.DOMAINS))
-    plain = set(demo.PLAIN).union(*(d.plain for d in demo.DOMAINS))
+    good = set(gen.GOOD).union(*(d.good for d in gen.DOMAINS))
+    bad = set(gen.BAD).union(*(d.bad for d in gen.DOMAINS))
+    plain = set(gen.PLAIN).union(*(d.plain for d in gen.DOMAINS))
     assert all(lexicon.get(w, 0) > 0 for w in good), [w for w in good if lexicon.get(w, 0) <= 0]
     assert all(lexicon.get(w, 0) < 0 for w in bad), [w for w in bad if lexicon.get(w, 0) >= 0]
     assert not [w for w in plain if w in lexicon]
 
 
 def test_prompt_splits_are_disjoint_distinct_and_deterministic():
-    train, valid = demo.generate_prompt_splits(400, 60, seed=3)
+    train, valid = gen.generate_prompt_splits(400, 60, seed=3)
     assert list(train.columns) == ["prompt_id", "prompt"]
     assert len(train) == 400 and len(valid) == 60
     assert train["prompt"].is_unique and valid["prompt"].is_unique
     assert not set(train["prompt"]) & set(valid["prompt"])
     assert list(train["prompt_id"]) == list(range(400))
-    assert demo.is_held_out(valid["prompt"]).all() and not demo.is_held_out(train["prompt"]).any()
-    again_train, again_valid = demo.generate_prompt_splits(400, 60, seed=3)
+    assert gen.is_held_out(valid["prompt"]).all() and not gen.is_held_out(train["prompt"]).any()
+    again_train, again_valid = gen.generate_prompt_splits(400, 60, seed=3)
     pd.testing.assert_frame_equal(train, again_train)
     pd.testing.assert_frame_equal(valid, again_valid)
 
 
 def test_held_out_share_is_about_a_tenth():
-    prompts = demo.generate_reviews(4000, 5)["prompt"].drop_duplicates()
-    assert 0.05 < demo.is_held_out(prompts).mean() < 0.16
+    prompts = gen.generate_reviews(4000, 5)["prompt"].drop_duplicates()
+    assert 0.05 < gen.is_held_out(prompts).mean() < 0.16
 
 
 def test_too_many_prompts_asked_is_a_clear_error():
     with pytest.raises(ValueError, match="too few distinct prompts"):
-        demo.generate_prompt_splits(100_000, 10, seed=0, max_reviews=8192)
+        gen.generate_prompt_splits(100_000, 10, seed=0, max_reviews=8192)
 
 
 def test_fewer_prompts_are_a_prefix_of_more():
-    small, _ = demo.generate_prompt_splits(30, 5, seed=1)
-    large, _ = demo.generate_prompt_splits(300, 50, seed=1)
+    small, _ = gen.generate_prompt_splits(30, 5, seed=1)
+    large, _ = gen.generate_prompt_splits(300, 50, seed=1)
     pd.testing.assert_frame_equal(small, large.head(30))
 
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from alt_core.config import Method, RuleCriticConfig, load_config
-from alt_core.demo import generate_reviews
+from alt_core.demo_reviews import generate_reviews
 from alt_core.feedback import FEEDBACK_COLUMNS, get_provider
 from alt_core.feedback.rule_critic import (
     RuleCriticProvider,
