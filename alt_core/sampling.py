@@ -10,8 +10,10 @@ was sharded.
 
 from __future__ import annotations
 
+import io
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -20,6 +22,7 @@ import pandas as pd
 from alt_core import store
 from alt_core.config import Dtype
 from alt_core.faults import crash_if, shard_point
+from alt_core.progress import ProgressLog
 from alt_core.schemas import PROMPTS, SAMPLES, require_columns
 
 
@@ -78,9 +81,14 @@ class SampleSpec:
 
 class SamplingBackend(Protocol):
     def generate(
-        self, prompt_ids: list[list[int]], params: GenerationParams, seeds: list[int]
+        self,
+        prompt_ids: list[list[int]],
+        params: GenerationParams,
+        seeds: list[int],
+        progress: ProgressLog | None = None,
     ) -> list[list[Generation]]:
-        """One list of `params.n` generations per prompt, in input order."""
+        """One list of `params.n` generations per prompt, in input order; `progress`
+        advances by one per prompt done."""
         ...
 
 
@@ -120,7 +128,11 @@ class VLLMBackend:
         )
 
     def generate(
-        self, prompt_ids: list[list[int]], params: GenerationParams, seeds: list[int]
+        self,
+        prompt_ids: list[list[int]],
+        params: GenerationParams,
+        seeds: list[int],
+        progress: ProgressLog | None = None,
     ) -> list[list[Generation]]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
@@ -137,11 +149,33 @@ class VLLMBackend:
             for seed in seeds
         ]
         prompts = [TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids]
-        outputs = self.llm.generate(prompts, sps, use_tqdm=False)
+        bar = _progress_bar(progress) if progress is not None else False
+        outputs = self.llm.generate(prompts, sps, use_tqdm=bar)
         return [
             [Generation(o.text, len(o.token_ids), o.finish_reason == "length") for o in out.outputs]
             for out in outputs
         ]
+
+
+def _progress_bar(progress: ProgressLog) -> Callable[..., Any]:
+    """A tqdm class for vLLM's `use_tqdm` that draws nothing and advances `progress` by
+    one per finished request. vLLM also opens a "Rendering prompts" bar with it, which is
+    not counted; its "Processed prompts" bar calls `update` once per finished request
+    (with the request's number of outputs in some versions and 1 in others, so the
+    argument is not used)."""
+    from tqdm import tqdm
+
+    class _Bar(tqdm):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self._counts = str(kwargs.get("desc", "")).startswith("Processed")
+            super().__init__(*args, **{**kwargs, "file": io.StringIO(), "dynamic_ncols": False})
+
+        def update(self, n: float | None = 1) -> bool | None:
+            if self._counts:
+                progress.advance()
+            return super().update(n)
+
+    return _Bar
 
 
 class HFBackend:
@@ -159,7 +193,11 @@ class HFBackend:
         self.batch_size = batch_size
 
     def generate(
-        self, prompt_ids: list[list[int]], params: GenerationParams, seeds: list[int]
+        self,
+        prompt_ids: list[list[int]],
+        params: GenerationParams,
+        seeds: list[int],
+        progress: ProgressLog | None = None,
     ) -> list[list[Generation]]:
         results = []
         eos = self.tokenizer.eos_token_id
@@ -184,6 +222,8 @@ class HFBackend:
                 text = str(self.tokenizer.decode(row[:stop], skip_special_tokens=True))
                 gens.append(Generation(text, stop, stop >= params.max_new_tokens))
             results.append(gens)
+            if progress is not None:
+                progress.advance()
         return results
 
 
@@ -248,7 +288,8 @@ def sample_shard(spec: SampleSpec, log=print) -> dict[str, Any]:
     backend = make_backend(spec)
     t1 = time.perf_counter()
     log(f"engine ready in {t1 - t0:.1f}s; generating {len(prompts)} prompts x {spec.params.n}")
-    generations = backend.generate(prompt_ids, spec.params, seeds)
+    progress = ProgressLog(len(prompts), "prompts", log)
+    generations = backend.generate(prompt_ids, spec.params, seeds, progress)
     t2 = time.perf_counter()
     df = samples_frame(prompts.reset_index(drop=True), generations)
     crash_if(shard_point(spec.output_uri))

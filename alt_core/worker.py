@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from alt_core import store
@@ -31,8 +32,9 @@ def run_sample(spec: dict[str, Any]) -> dict[str, Any]:
     return sample_shard(SampleSpec.from_dict(spec))
 
 
-def run_feedback(spec: dict[str, Any]) -> dict[str, Any]:
-    """Score one samples shard with the configured provider and commit the result."""
+def run_feedback(spec: dict[str, Any], log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Score one samples shard with the configured provider and commit the result; slow
+    providers (a judge, a reward model) report their progress to `log`."""
     from alt_core.config import RunConfig
     from alt_core.feedback import get_provider
     from alt_core.schemas import FEEDBACK, OPTIONAL_FEEDBACK
@@ -41,6 +43,7 @@ def run_feedback(spec: dict[str, Any]) -> dict[str, Any]:
     samples = store.read_table(spec["input_uri"])
     t0 = time.perf_counter()
     provider = get_provider(config)
+    provider.progress = log
     scored = provider.score(samples)
     out = samples.copy()
     # A judge's raw answer is kept beside the parsed columns, so a missing judgement can

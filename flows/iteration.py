@@ -33,11 +33,13 @@ def _sample_then_feedback(
     )
     t0 = time.perf_counter()
     sample_futs = [
-        stages.sample_shard.submit(config, spec.to_dict(), f"{stage}-sample-{i}")
+        stages.sample_shard.submit(config, spec.to_dict(), f"iter-{iteration}-{stage}-sample-{i}")
         for i, spec in enumerate(specs)
     ]
     fb_futs = [
-        stages.feedback_shard.submit(config, spec, f"{stage}-feedback-{i}", wait_for=[sf])
+        stages.feedback_shard.submit(
+            config, spec, f"iter-{iteration}-{stage}-feedback-{i}", wait_for=[sf]
+        )
         for i, (spec, sf) in enumerate(zip(fb_specs, sample_futs, strict=True))
     ]
     samples = [f.result() for f in sample_futs]

@@ -38,7 +38,9 @@ DEVICE_WAIT_S = 600.0
 
 _POOLS: dict[tuple[str, int, int, str | None], SlotPool | LimitedSlots] = {}
 _POOLS_LOCK = threading.Lock()
-_STEP = re.compile(r"\bstep (\d+)/(\d+)\b")
+# Training prints `step I/N ...`; sampling and feedback `progress DONE/TOTAL ...`
+# (alt_core.progress).
+_PROGRESS = re.compile(r"\b(?:step|progress) (\d+)/(\d+)\b")
 
 # Child processes: keep engine chatter out of the flow logs unless asked for.
 WORKER_ENV = {"VLLM_LOGGING_LEVEL": "WARNING", "TOKENIZERS_PARALLELISM": "false"}
@@ -187,16 +189,22 @@ def progress(key: str, description: str) -> Callable[[float], None]:
     return update
 
 
+def progress_fraction(line: str) -> float | None:
+    """The percentage a `step I/N` or `progress DONE/TOTAL` line reports, else None."""
+    m = _PROGRESS.search(line)
+    return 100.0 * int(m.group(1)) / max(int(m.group(2)), 1) if m else None
+
+
 def worker_log(name: str, on_step: Callable[[float], None] | None = None) -> Callable[[str], None]:
-    """Forward a child's lines to the run logger; turn `step i/n` lines into progress."""
+    """Forward a stage's lines to the run logger; turn its progress lines into updates of
+    a progress artifact (`on_step`)."""
     log = logger()
 
     def emit(line: str) -> None:
         log.info(line)
-        if on_step is not None:
-            m = _STEP.search(line)
-            if m:
-                on_step(100.0 * int(m.group(1)) / max(int(m.group(2)), 1))
+        pct = progress_fraction(line) if on_step is not None else None
+        if on_step is not None and pct is not None:
+            on_step(pct)
 
     return emit
 

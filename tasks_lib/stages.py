@@ -25,7 +25,14 @@ from alt_core.config import RunConfig, dump_config
 from alt_core.fingerprints import state
 from alt_core.procs import run_worker
 from alt_core.store import RunLayout
-from tasks_lib.common import WORKER_ENV, logger, progress, slot_pool, worker_log
+from tasks_lib.common import (
+    WORKER_ENV,
+    artifact_key,
+    logger,
+    progress,
+    slot_pool,
+    worker_log,
+)
 
 STAGE_RETRIES = 1
 # Feedback providers that load a model and so run in a process and device slot of their own.
@@ -120,7 +127,13 @@ def eval_prompts(config: RunConfig, run_dir: str, iteration: int, inputs: dict) 
     return pipeline.write_prompts(config, valid, exemplar, uri, fp)
 
 
-@task(name="sample-shard", cache_policy=NO_CACHE, retries=STAGE_RETRIES, retry_delay_seconds=5)
+@task(
+    name="sample-shard",
+    task_run_name="{name}",
+    cache_policy=NO_CACHE,
+    retries=STAGE_RETRIES,
+    retry_delay_seconds=5,
+)
 def sample_shard(config: RunConfig, spec: dict[str, Any], name: str) -> dict[str, Any]:
     """Generate one shard in its own process, in a device slot of its own."""
     fp = fps.sample_fingerprint(config, spec)
@@ -132,7 +145,13 @@ def sample_shard(config: RunConfig, spec: dict[str, Any], name: str) -> dict[str
     return _shard_in_process_of_its_own(pool, "sample", spec, name)
 
 
-@task(name="feedback-shard", cache_policy=NO_CACHE, retries=STAGE_RETRIES, retry_delay_seconds=5)
+@task(
+    name="feedback-shard",
+    task_run_name="{name}",
+    cache_policy=NO_CACHE,
+    retries=STAGE_RETRIES,
+    retry_delay_seconds=5,
+)
 def feedback_shard(config: RunConfig, spec: dict[str, Any], name: str) -> dict[str, Any]:
     """Score one samples shard: a reward model in its own process and device slot; a
     lexicon scorer or a remote judge, which need no device, in this process."""
@@ -146,18 +165,22 @@ def feedback_shard(config: RunConfig, spec: dict[str, Any], name: str) -> dict[s
     from alt_core.worker import run_feedback
 
     # No device, so no slot: the task runner bounds how many run at once.
-    result = run_feedback(spec)
+    update = progress(artifact_key(name), name)
+    result = run_feedback(spec, log=worker_log(name, update))
+    update(100.0)
     logger().info(f"{name}: {result}")
     return {"uri": spec["output_uri"], **result}
 
 
 def _shard_in_process_of_its_own(pool, kind: str, spec: dict[str, Any], name: str) -> dict:
     """Run `alt_core.worker KIND` for one shard in a free device slot of `pool`."""
+    update = progress(artifact_key(name), name)
     with pool.slot() as env:
         result = run_worker(
             ["alt_core.worker", kind], spec, name=name, env={**WORKER_ENV, **env},
-            log=worker_log(name),
+            log=worker_log(name, update),
         )  # fmt: skip
+    update(100.0)
     logger().info(f"{name}: {result}")
     return {"uri": spec["output_uri"], **result}
 

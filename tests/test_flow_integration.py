@@ -92,3 +92,11 @@ def test_one_iteration_end_to_end(tmp_path, tiny_model_dir, prefect_harness):
     for key in ("train_reward_mean", "valid_reward_mean", "valid_perplexity", "train_loss"):
         assert row[key] == row[key], f"{key} is NaN"
     assert store.read_json(layout.metrics)["iterations"][0]["iteration"] == 1
+
+    # Every shard and the training published a progress artifact that reached 100%.
+    from prefect.artifacts import Artifact
+
+    for key in ("iter-1-train-sample-0", "iter-1-train-feedback-1", "iter-1-eval-sample-1",
+                "train-iter-1"):  # fmt: skip
+        artifact = Artifact.get(key)
+        assert artifact is not None and float(artifact.data) == 100.0, (key, artifact)

@@ -83,11 +83,13 @@ def test_fault_shard_of_2000_judgements(tmp_path):
     with JudgeServer(rates=rates, script=script, slow_s=30, retry_after_s=0.02, seed=1) as server:
         config = fast_config(server, max_concurrency=64, timeout_s=3.0)
         started = time.perf_counter()
-        frame, stats = judge_batch(rows, config, cache_uri=cache)
+        progress: list[str] = []
+        frame, stats = judge_batch(rows, config, cache_uri=cache, progress_log=progress.append)
         elapsed = time.perf_counter() - started
         served = server.counters
 
         assert list(frame.columns) == OUTPUT_COLUMNS and len(frame) == len(rows)
+        assert progress[0] == "progress 200/2000 judgements" and len(progress) == 10
         for fault in FAULTS:
             if fault != "400":
                 assert served[fault] > 0, f"fault {fault} was never injected"
@@ -134,8 +136,11 @@ def test_fault_shard_of_2000_judgements(tmp_path):
         assert elapsed < 60
         print(f"2,000 judgements in {elapsed:.1f}s: {stats}")
 
-        # A rerun of the finished shard sends nothing and returns the same frame.
-        again, stats2 = judge_batch(rows, config, cache_uri=cache)
+        # A rerun of the finished shard sends nothing and returns the same frame; its
+        # judgements are all done at once.
+        progress.clear()
+        again, stats2 = judge_batch(rows, config, cache_uri=cache, progress_log=progress.append)
+        assert progress == ["progress 2000/2000 judgements"]
         assert server.counters["requests"] == served["requests"]
         assert stats2["requests"] == 0 and stats2["cache_hits"] == 2000
         pd.testing.assert_frame_equal(again, frame)

@@ -78,9 +78,13 @@ def test_vllm_shard_with_long_seeded_prompts(tmp_path, tiny_model_dir):
         tmp_path, tiny_model_dir, 256, long,
         n=4, temperature=0.9, top_p=0.9, max_new_tokens=8, max_prompt_tokens=64,
     )  # fmt: skip
-    result = run_worker(["alt_core.worker", "sample"], spec.to_dict(), name="s", log=lambda _: None)
+    lines: list[str] = []
+    result = run_worker(["alt_core.worker", "sample"], spec.to_dict(), name="s", log=lines.append)
     df = store.read_table(spec.output_uri)
     assert result["rows"] == len(df) == 1024
+    # vLLM's finished requests drive the shard's progress lines (a tenth at a time).
+    progress = [x.split("progress ", 1)[1] for x in lines if "progress " in x]
+    assert progress[-1] == "256/256 prompts" and 2 <= len(progress) <= 10, progress
     assert (df["num_tokens"] <= 8).all() and df["truncated"].any()
     # Seeds per prompt row: the same shard again gives the same samples.
     again = spec.to_dict() | {"output_uri": str(tmp_path / "again.parquet")}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -42,6 +43,9 @@ class FeedbackProvider(ABC):
     calls; `close` releases it."""
 
     name: str = "provider"
+    # Where a slow provider prints `progress DONE/TOTAL` lines (alt_core.progress) as it
+    # scores; None: nowhere. Set by whoever runs the provider.
+    progress: Callable[[str], None] | None = None
 
     @classmethod
     @abstractmethod

@@ -125,7 +125,11 @@ class JudgeProvider(FeedbackProvider):
         self.last_stats = {}
         if len(present):
             frame, self.last_stats = judge_batch(
-                present, self.judge, template=self.template, cache_uri=self.cache_uri
+                present,
+                self.judge,
+                template=self.template,
+                cache_uri=self.cache_uri,
+                progress_log=self.progress,
             )
             judged = frame.set_axis(present.index)
         judged = judged.reindex(df.index)  # rows without a generation: all NaN

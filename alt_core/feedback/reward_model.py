@@ -20,6 +20,7 @@ from alt_core.feedback.base import (
     missing_generations,
     reason_where,
 )
+from alt_core.progress import ProgressLog
 
 
 class RewardModelError(RuntimeError):
@@ -79,6 +80,7 @@ class RewardModelProvider(FeedbackProvider):
 
         out = np.empty(len(texts), dtype=np.float64)
         order = np.argsort([len(t) for t in texts], kind="stable")
+        progress = ProgressLog(len(texts), "rows", self.progress)
         for start in range(0, len(texts), self.batch_size):
             rows = order[start : start + self.batch_size]
             enc = self.tokenizer(
@@ -97,6 +99,7 @@ class RewardModelProvider(FeedbackProvider):
                     f"sequence (num_labels=1)"
                 )
             out[rows] = logits[:, 0].float().cpu().numpy()
+            progress.advance(len(rows))
         return out
 
     def score(self, df: pd.DataFrame) -> pd.DataFrame:

@@ -23,7 +23,7 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -41,6 +41,7 @@ from alt_core.judge.parsers import Judgement, ParseError
 from alt_core.judge.ratelimit import RateLimiter
 from alt_core.judge.stats import TRANSIENT_KINDS, JudgeStats
 from alt_core.judge.templates import JudgeTemplate, load_template
+from alt_core.progress import ProgressLog
 
 log = logging.getLogger(__name__)
 
@@ -324,9 +325,14 @@ class JudgeClient:
     # --- a batch -----------------------------------------------------------------------
 
     async def judge(
-        self, prompts: Sequence[str], generations: Sequence[str]
+        self,
+        prompts: Sequence[str],
+        generations: Sequence[str],
+        progress_log: Callable[[str], None] | None = None,
     ) -> tuple[pd.DataFrame, dict[str, Any]]:
-        """One output row per input pair, in order (see OUTPUT_COLUMNS), and the stats."""
+        """One output row per input pair, in order (see OUTPUT_COLUMNS), and the stats;
+        `progress DONE/TOTAL judgements` lines go to `progress_log` as the distinct pairs are
+        judged (cache hits count as done at once)."""
         if len(prompts) != len(generations):
             raise ValueError(f"{len(prompts)} prompts but {len(generations)} generations")
         started = time.perf_counter()
@@ -337,6 +343,7 @@ class JudgeClient:
             first.setdefault(key, (p, g))
         stats.duplicates = len(keys) - len(first)
         results: dict[str, dict[str, Any]] = {}
+        progress = ProgressLog(len(first), "judgements", progress_log)
         todo = []
         for key, (p, g) in first.items():
             hit = self.cache.get(key)
@@ -344,7 +351,8 @@ class JudgeClient:
                 results[key] = hit
                 stats.cache_hits += 1
             else:
-                todo.append(self._judge_and_keep(key, p, g, stats, results))
+                todo.append(self._judge_and_keep(key, p, g, stats, results, progress))
+        progress.advance(stats.cache_hits)
         try:
             await asyncio.gather(*todo)
         finally:
@@ -363,9 +371,11 @@ class JudgeClient:
         generation: str,
         stats: JudgeStats,
         results: dict[str, dict[str, Any]],
+        progress: ProgressLog,
     ) -> None:
         entry, cacheable = await self.judge_one(prompt, generation, stats)
         results[key] = entry
+        progress.advance()
         if cacheable:
             self.cache.put(key, entry)
             if self.cache.pending >= self.config.cache_flush_every:
@@ -423,11 +433,12 @@ async def ajudge_batch(
     cache_uri: str | None = None,
     prompt_column: str = "prompt",
     generation_column: str = "generation",
+    progress_log: Callable[[str], None] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Judge every row (a DataFrame, dicts, or (prompt, generation) pairs); see judge_batch."""
     prompts, generations = _pairs(rows, prompt_column, generation_column)
     async with JudgeClient(config, template, cache_uri=cache_uri) as client:
-        return await client.judge(prompts, generations)
+        return await client.judge(prompts, generations, progress_log)
 
 
 def judge_batch(
@@ -438,12 +449,14 @@ def judge_batch(
     cache_uri: str | None = None,
     prompt_column: str = "prompt",
     generation_column: str = "generation",
+    progress_log: Callable[[str], None] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Synchronous entry point: (frame, stats) for `rows`.
 
     The frame has one row per input row, in order, with columns feedback, score,
     analysis, reward (score as float, NaN when missing), missing_reason and raw_answer.
     Answers are cached under `cache_uri` (a folder or s3:// URI; None: no cache).
+    Progress lines (`progress DONE/TOTAL judgements`) go to `progress_log`.
     """
     coro = ajudge_batch(
         rows,
@@ -452,6 +465,7 @@ def judge_batch(
         cache_uri=cache_uri,
         prompt_column=prompt_column,
         generation_column=generation_column,
+        progress_log=progress_log,
     )
     try:
         asyncio.get_running_loop()

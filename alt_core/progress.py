@@ -1,0 +1,40 @@
+"""Progress lines for long stages: `progress DONE/TOTAL UNIT`.
+
+Sampling, feedback and training print such lines (training's are `step I/N`) as they
+go; the Prefect tasks that run them turn each line into a progress artifact update
+(`tasks_lib.common.worker_log`), and on the command line they are plain log lines. A
+`ProgressLog` prints at most about `lines` of them per stage, and always the last.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+Log = Callable[[str], None]
+
+
+class ProgressLog:
+    """Counts work done and prints a progress line each time another 1/lines of the
+    total is done. Thread-safe; a total of 0 prints nothing."""
+
+    def __init__(self, total: int, unit: str, log: Log | None, lines: int = 10):
+        self.total = total
+        self.unit = unit
+        self.done = 0
+        self._log = log
+        self._every = max(1, -(-total // max(lines, 1)))  # ceil(total / lines)
+        self._next = self._every
+        self._lock = threading.Lock()
+
+    def advance(self, n: int = 1) -> None:
+        if n <= 0 or self._log is None:
+            return
+        with self._lock:
+            self.done = min(self.total, self.done + n)
+            if self.done < self._next and self.done < self.total:
+                return
+            while self._next <= self.done:
+                self._next += self._every
+            line = f"progress {self.done}/{self.total} {self.unit}"
+        self._log(line)
