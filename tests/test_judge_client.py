@@ -89,7 +89,7 @@ def test_fault_shard_of_2000_judgements(tmp_path):
         served = server.counters
 
         assert list(frame.columns) == OUTPUT_COLUMNS and len(frame) == len(rows)
-        assert progress[0] == "progress 200/2000 judgements" and len(progress) == 10
+        assert progress[-1] == "progress 2000/2000 judgements" and len(progress) <= 10
         for fault in FAULTS:
             if fault != "400":
                 assert served[fault] > 0, f"fault {fault} was never injected"

@@ -7,11 +7,13 @@ import pytest
 
 from alt_core import store
 from alt_core.procs import WorkerError, run_worker
+from alt_core.progress import ProgressLog
 from alt_core.sampling import (
     EngineSettings,
     Generation,
     GenerationParams,
     SampleSpec,
+    _progress_bar,
     samples_frame,
     tokenize_queries,
 )
@@ -82,14 +84,32 @@ def test_vllm_shard_with_long_seeded_prompts(tmp_path, tiny_model_dir):
     result = run_worker(["alt_core.worker", "sample"], spec.to_dict(), name="s", log=lines.append)
     df = store.read_table(spec.output_uri)
     assert result["rows"] == len(df) == 1024
-    # vLLM's finished requests drive the shard's progress lines (a tenth at a time).
+    # vLLM's finished requests drive the shard's progress lines.
     progress = [x.split("progress ", 1)[1] for x in lines if "progress " in x]
-    assert progress[-1] == "256/256 prompts" and 2 <= len(progress) <= 10, progress
+    assert progress[-1] == "256/256 prompts" and len(progress) <= 10, progress
     assert (df["num_tokens"] <= 8).all() and df["truncated"].any()
     # Seeds per prompt row: the same shard again gives the same samples.
     again = spec.to_dict() | {"output_uri": str(tmp_path / "again.parquet")}
     run_worker(["alt_core.worker", "sample"], again, name="s", log=lambda _: None)
     pd.testing.assert_frame_equal(df, store.read_table(again["output_uri"]))
+
+
+def test_vllm_progress_bar_counts_finished_requests_only():
+    """As vLLM uses `use_tqdm`: a rendering bar first, then one update per finished
+    request with that request's number of outputs."""
+    lines: list[str] = []
+    progress = ProgressLog(50, "prompts", lines.append, min_interval_s=0)
+    bar_class = _progress_bar(progress)
+    rendering = bar_class(total=50, desc="Rendering prompts")
+    for _ in range(50):
+        rendering.update(1)
+    rendering.close()
+    assert progress.done == 0 and lines == []
+    processed = bar_class(total=50, desc="Processed prompts", dynamic_ncols=True)
+    for _ in range(50):
+        processed.update(4)
+    processed.close()
+    assert progress.done == 50 and lines[-1] == "progress 50/50 prompts" and len(lines) == 10
 
 
 def test_worker_failure_names_the_cause(tmp_path):
