@@ -103,7 +103,11 @@ class VLLMBackend:
 
     def __init__(self, model_path: str, engine: EngineSettings, seed: int, max_prompt_tokens: int):
         extra: dict[str, Any] = {}
+        dtype = engine.dtype
         if not _on_gpu():
+            # vLLM's own "auto" is bfloat16 on CPUs; sample in the precision the trainer
+            # and the perplexity scorer use there (fp32), as model.dtype documents.
+            dtype = "float32" if dtype == "auto" else dtype
             # vLLM's CPU build fails ("CPU Generator does not use offset") when it splits
             # the prefill of a seeded request over steps; a step budget that holds every
             # running prompt whole means it never has to.
@@ -122,7 +126,7 @@ class VLLMBackend:
             gpu_memory_utilization=engine.gpu_memory_utilization if _on_gpu() else 0.2,
             enforce_eager=engine.enforce_eager,
             max_num_seqs=engine.max_num_seqs,
-            dtype=engine.dtype,
+            dtype=dtype,
             trust_remote_code=engine.trust_remote_code,
             **extra,
         )
