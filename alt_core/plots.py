@@ -134,7 +134,9 @@ def _bucket_boxes(ax, pools: pd.DataFrame, col: str, labels: dict[int, str]) -> 
             patch.set(facecolor=color, alpha=0.75)
         ax.plot([], [], "s", color=color, label=labels.get(b, f"bucket {b}"))
     ax.set_xticks(range(len(its)), [f"iter {k}" for k in its])
-    ax.legend(fontsize=8, ncols=2)
+    # Below the axes: the boxes span the whole reward range, so inside it would hide some.
+    ax.legend(fontsize=8, ncols=min(len(buckets), 5), loc="upper center",
+              bbox_to_anchor=(0.5, -0.1), frameon=False)  # fmt: skip
 
 
 def validation_curves(metrics: pd.DataFrame) -> bytes | None:
