@@ -277,6 +277,13 @@ class TrainingConfig(StrictModel):
         description="Newest training-state checkpoints kept (on local disk and, for an s3:// "
         "run folder, in the bucket).",
     )
+    log_every: int = Field(
+        10,
+        gt=0,
+        description="Print the step line (loss terms, lr, grad norm) every N optimizer steps, "
+        "and for the first step of a start or resume and the last; every step is recorded "
+        "in the policy's train_metrics.json and sent to the trackers regardless.",
+    )
     report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
         default_factory=list,
         description="Experiment trackers that receive the per-step loss terms through "

@@ -65,7 +65,7 @@ _SPEC_NOT_IN_KEY = {
 }
 # The checkpoint settings stay out too, and so do the experiment trackers: switching one
 # on must not discard the saved state of a training half done.
-_TRAINING_NOT_IN_KEY = {"checkpoint_every", "keep_checkpoints", "report_to"}
+_TRAINING_NOT_IN_KEY = {"checkpoint_every", "keep_checkpoints", "report_to", "log_every"}
 
 
 class CheckpointError(RuntimeError):

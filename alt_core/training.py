@@ -283,6 +283,15 @@ def _step_record(loop: _Loop, sums: torch.Tensor, step: int, epoch: int, lr: flo
     }
 
 
+def _step_line(record: dict[str, Any], total_steps: int) -> str:
+    grad = record["grad_norm"]
+    return (
+        f"step {record['step']}/{total_steps} epoch {record['epoch']} loss={record['loss']:.4f} "
+        f"nll={record['nll']:.4f} kl={record['kl']:.4f} entropy={record['entropy']:.4f} "
+        f"lr={record['lr']:.3g} grad_norm={'n/a' if grad is None else format(grad, '.3g')}"
+    )
+
+
 def _run_epochs(
     loop: _Loop, progress: Progress, after_step: Callable[[int], None] | None = None
 ) -> Progress:
@@ -314,11 +323,8 @@ def _run_epochs(
             record["elapsed_s"] = progress.train_seconds + time.time() - session_started
             records.append(record)
             _report(loop.accelerator, record)
-            loop.say(
-                f"step {step}/{loop.total_steps} epoch {epoch} loss={record['loss']:.4f} "
-                f"nll={record['nll']:.4f} kl={record['kl']:.4f} "
-                f"entropy={record['entropy']:.4f} lr={lr:.3g} grad_norm={record['grad_norm']}"
-            )
+            if step == progress.step + 1 or step % cfg.log_every == 0 or step == loop.total_steps:
+                loop.say(_step_line(record, loop.total_steps))
             loop.state.save_if_due(records, record["elapsed_s"])
             if after_step is not None:
                 after_step(step)

@@ -193,8 +193,9 @@ def setup(tmp_path_factory) -> dict:
     return {"root": root, "model": str(model), "table": write_table(str(root / "t.parquet"), table)}
 
 
-def _spec(setup: dict, name: str, **extra) -> TrainSpec:
+def _spec(setup: dict, name: str, log_every: int = 1, **extra) -> TrainSpec:
     training = {
+        "log_every": log_every,
         "learning_rate": 3e-3,
         "epochs": 2,
         "per_device_batch_size": 2,
@@ -325,15 +326,17 @@ def test_state_copied_to_the_run_store_survives_a_lost_machine(setup, baseline, 
     import shutil
 
     state_uri = f"{s3_run_root}/iter_001/policy.state"
-    spec = _spec(setup, "lost-machine", state_uri=state_uri)
-    _run(spec, fail_at=9)  # after the checkpoint of step 8 (saved at 4 and 8, keep 2)
+    spec = _spec(setup, "lost-machine", log_every=5, state_uri=state_uri)
+    _, lines = _run(spec, fail_at=9)  # after the checkpoint of step 8 (saved at 4, 8; keep 2)
+    assert _step_lines(lines) == [1, 5]
     assert train_state.stored_checkpoints(state_uri) == ["step-00000008", "step-00000004"]
     shutil.rmtree(spec.resolved_state_dir)
     shutil.rmtree(spec.output_dir, ignore_errors=True)
 
     summary, lines = _run(spec)
     assert any("fetched the training state of step 8" in x for x in lines)
-    assert summary["resumed_from_step"] == 8 and _step_lines(lines) == list(range(9, 13))
+    # Printed: the first step after the resume, every 5th, and the last.
+    assert summary["resumed_from_step"] == 8 and _step_lines(lines) == [9, 10, 12]
     _assert_same_training(spec, baseline)
     # The store keeps the newest two, like the local folder.
     assert train_state.stored_checkpoints(state_uri) == ["step-00000012", "step-00000008"]
