@@ -77,7 +77,10 @@ class ModelConfig(StrictModel):
     )
     tokenizer: str | None = Field(None, description="Tokenizer to use; defaults to the policy's.")
     dtype: Dtype = Field(
-        "auto", description="Weights dtype for sampling and evaluation ('auto': fp32 on CPU)."
+        "auto",
+        description="Weights dtype of the vLLM sampler. 'auto': the checkpoint's dtype on GPUs, "
+        "fp32 on CPUs (the trainer's precision there; bfloat16 samples faster on CPUs with "
+        "AVX512-BF16, see bench/bench_sampling.py --dtype).",
     )
     trust_remote_code: bool = Field(False, description="Allow custom model code from the hub.")
 

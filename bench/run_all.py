@@ -7,14 +7,24 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ["bench_sampling.py", "bench_judge.py", "bench_resume.py"]
+# (script, arguments): sampling at the demo policy's size and at a larger one, in fp32
+# (the CPU default) and bf16.
+BENCHES = [
+    ("bench_sampling.py", []),
+    ("bench_sampling.py", ["--layers", "8", "--width", "512"]),
+    ("bench_sampling.py", ["--layers", "8", "--width", "512", "--dtype", "bfloat16"]),
+    ("bench_judge.py", []),
+    ("bench_resume.py", []),
+]
 
 
 def main() -> int:
     failed = []
-    for name in BENCHES:
-        print(f"== {name}", flush=True)
-        done = subprocess.run([sys.executable, str(HERE / name)], capture_output=True, text=True)
+    for name, args in BENCHES:
+        print(f"== {' '.join([name, *args])}", flush=True)
+        done = subprocess.run(
+            [sys.executable, str(HERE / name), *args], capture_output=True, text=True
+        )
         lines = [ln for ln in done.stdout.splitlines() if ln.strip()]
         print("\n".join(lines[-3:]) if lines else "(no output)", flush=True)
         if done.returncode != 0:

@@ -62,8 +62,11 @@ def tiny_corpus(n: int = 400, seed: int = 0) -> list[str]:
     ]
 
 
-def build_tiny_model(out_dir: Path, seed: int = 0, n_layer: int = 2, n_embd: int = 64) -> Path:
-    """Save a randomly initialised 2-layer GPT-2 and a byte-level BPE tokenizer."""
+def build_tiny_model(
+    out_dir: Path, seed: int = 0, n_layer: int = 2, n_embd: int = 64, n_head: int = 2
+) -> Path:
+    """Save a randomly initialised GPT-2 (2 layers by default) and a byte-level BPE
+    tokenizer. vLLM's CPU build wants a head size of 32 or 64 (n_embd / n_head)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
@@ -93,7 +96,7 @@ def build_tiny_model(out_dir: Path, seed: int = 0, n_layer: int = 2, n_embd: int
         n_positions=128,
         n_embd=n_embd,
         n_layer=n_layer,
-        n_head=2,
+        n_head=n_head,
         bos_token_id=fast.eos_token_id,
         eos_token_id=fast.eos_token_id,
     )
