@@ -2,8 +2,8 @@
 
 Nothing can be downloaded here, so the demo makes its own model and data, in the open:
 
-* a seeded generator (`alt_core.demo_reviews`) of short reviews (hotels, restaurants, cafes, phones, laptops,
-  speakers, films, books) whose sentiment is positive, negative, neutral or mixed in
+* a seeded generator (`alt_core.demo_reviews`) of short reviews (hotels, restaurants,
+  cafes, phones, laptops, speakers, films, books) whose sentiment is positive, negative, neutral or mixed in
   about equal shares, built from templates with intensifiers, negations and
   contrasting clauses ("The room was clean but the staff were rude.");
 * prompts that are the opening words of such reviews, cut just before (or a word or two

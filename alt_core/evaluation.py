@@ -33,8 +33,9 @@ def reference_nll(
     nll = np.zeros(len(prompts))
     count = np.zeros(len(prompts), dtype=np.int64)
     config: Any = model.config
-    max_len: int = config.n_positions if hasattr(config, "n_positions") else 0
-    max_len = max_len or getattr(config, "max_position_embeddings", 2048)
+    max_len = int(
+        getattr(config, "n_positions", 0) or getattr(config, "max_position_embeddings", 2048)
+    )
     for lo in range(0, len(prompts), batch_size):
         p_ids = tok(prompts[lo : lo + batch_size], add_special_tokens=False)["input_ids"]
         # Scored as trained: one space between prompt and generation (the datapool rule).

@@ -15,6 +15,7 @@ from typing import Literal
 
 from alt_core import store
 from alt_core.config import RunConfig
+from alt_core.judge.config import ANSWER_FIELDS
 
 # Fields that change a stage's output. Throughput knobs (concurrency, batch sizes that
 # do not change results, engine memory) are deliberately absent.
@@ -60,9 +61,7 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
         "feedback.max_length",
         "feedback.judge.model",
         "feedback.judge.template",
-        "feedback.judge.temperature",
-        "feedback.judge.max_tokens",
-        "feedback.judge.extra_body",
+        *(f"feedback.judge.{name}" for name in ANSWER_FIELDS),
         "feedback.rule_critic",
     ),
     "datapool": ("seed", "method", "datapool"),

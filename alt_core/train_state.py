@@ -240,16 +240,25 @@ def mirror_checkpoint(path: Path, state_uri: str, keep: int) -> str:
     committed with a hash manifest, then drop the store's checkpoints beyond the newest
     `keep` (and any copy that a kill left uncommitted). Returns the copy's URI."""
     uri = store.put_dir(path, store.join(state_uri, path.name), meta={"step": _step_of(path)})
-    stored = stored_checkpoints(state_uri)
-    for name in store.list_names(state_uri):
-        if _step_of(Path(name)) is not None and name not in stored[:keep]:
+    names = _stored_names(state_uri)
+    kept = _committed_newest_first(state_uri, names)[:keep]
+    for name in names:
+        if name not in kept:
             store.remove(store.join(state_uri, name))
     return uri
 
 
 def stored_checkpoints(state_uri: str) -> list[str]:
     """Names of the committed checkpoint copies under `state_uri`, newest first."""
-    names = [n for n in store.list_names(state_uri) if _step_of(Path(n)) is not None]
+    return _committed_newest_first(state_uri, _stored_names(state_uri))
+
+
+def _stored_names(state_uri: str) -> list[str]:
+    """Names of the checkpoint folders under `state_uri`, committed or not."""
+    return [n for n in store.list_names(state_uri) if _step_of(Path(n)) is not None]
+
+
+def _committed_newest_first(state_uri: str, names: list[str]) -> list[str]:
     committed = [n for n in names if store.dir_committed(store.join(state_uri, n))]
     return sorted(committed, reverse=True)
 

@@ -202,9 +202,10 @@ def worker_log(name: str, on_step: Callable[[float], None] | None = None) -> Cal
 
     def emit(line: str) -> None:
         log.info(line)
-        pct = progress_fraction(line) if on_step is not None else None
-        if on_step is not None and pct is not None:
-            on_step(pct)
+        if on_step is not None:
+            pct = progress_fraction(line)
+            if pct is not None:
+                on_step(pct)
 
     return emit
 

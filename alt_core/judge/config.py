@@ -14,6 +14,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# The request settings, beside the model, template and text, that change an answer.
+ANSWER_FIELDS = ("temperature", "max_tokens", "extra_body")
 
 
 class JudgeConfigError(ValueError):
@@ -99,13 +101,9 @@ class JudgeConfig(BaseModel):
     )
 
     def answer_settings(self) -> dict[str, Any]:
-        """What, beside the model, template and request text, changes the judge's answer:
-        part of the judge cache's key."""
-        return {
-            "temperature": self.temperature,
-            "max_tokens": self.max_tokens,
-            "extra_body": self.extra_body,
-        }
+        """What, beside the model, template and request text, changes the judge's answer
+        (ANSWER_FIELDS): part of the judge cache's key and of the feedback fingerprint."""
+        return {name: getattr(self, name) for name in ANSWER_FIELDS}
 
     @field_validator("api_key_env")
     @classmethod
