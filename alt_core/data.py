@@ -21,7 +21,7 @@ import pandas as pd
 from alt_core.config import RunConfig
 
 if TYPE_CHECKING:
-    from alt_core.demo import DemoAssets
+    from alt_core.tasks.demo.assets import DemoAssets
 
 Split = Literal["train", "valid"]
 # Compression suffixes pandas / fsspec undo on the fly ("prompts.jsonl.gz").
@@ -172,7 +172,7 @@ def read_prompt_file(path: str) -> pd.DataFrame:
 
 def _demo_prompts(config: RunConfig, split: Split, assets: DemoAssets | None) -> pd.DataFrame:
     from alt_core import store
-    from alt_core.demo import ensure_demo_assets
+    from alt_core.tasks.demo.assets import ensure_demo_assets
 
     if assets is None:
         assets = ensure_demo_assets(

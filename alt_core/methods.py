@@ -62,10 +62,10 @@ def best_feedback(config: RunConfig) -> str:
     if config.method not in (Method.ALT_LMC, Method.STEERLM):
         raise ValueError(f"{config.method.value} has no fixed best feedback")
     if config.feedback.provider == "judge":
-        from alt_core.feedback.judge import best_template_feedback
+        from alt_core.feedback.judge.provider import best_template_feedback
 
         return best_template_feedback(config.feedback.judge.template)
-    from alt_core.feedback.rule_critic import best_feedback as critic_best
+    from alt_core.tasks.demo.rule_critic import best_feedback as critic_best
 
     return critic_best(config.method, config.feedback.rule_critic)
 

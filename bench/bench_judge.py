@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from alt_core.judge import JudgeConfig, judge_batch  # noqa: E402
+from alt_core.feedback.judge import JudgeConfig, judge_batch  # noqa: E402
 
 
 def start_server(delay: float) -> tuple[subprocess.Popen, str]:

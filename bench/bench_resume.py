@@ -26,8 +26,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 import pandas as pd  # noqa: E402
 
 from alt_core.store import write_table  # noqa: E402
-from alt_core.train_worker import FAIL_AT_STEP_ENV, launch_training  # noqa: E402
-from alt_core.training import TrainingError, TrainSpec  # noqa: E402
+from alt_core.training.loop import TrainingError, TrainSpec  # noqa: E402
+from alt_core.training.worker import FAIL_AT_STEP_ENV, launch_training  # noqa: E402
 
 ENV = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 BATCH = 2

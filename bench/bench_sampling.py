@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 import pandas as pd  # noqa: E402
 
 from alt_core import store  # noqa: E402
-from alt_core.procs import run_worker  # noqa: E402
+from alt_core.runtime.launcher import run_worker  # noqa: E402
 from alt_core.sampling import EngineSettings, GenerationParams, SampleSpec  # noqa: E402
 
 ENV = {"VLLM_LOGGING_LEVEL": "WARNING", "TOKENIZERS_PARALLELISM": "false"}
@@ -44,7 +44,11 @@ def run(backend: str, model: Path, prompts_uri: str, out: Path, args) -> dict:
         backend=backend,
     )
     return run_worker(
-        ["alt_core.worker", "sample"], spec.to_dict(), name=backend, env=ENV, log=lambda _line: None
+        ["alt_core.runtime.entry", "sample"],
+        spec.to_dict(),
+        name=backend,
+        env=ENV,
+        log=lambda _line: None,
     )
 
 

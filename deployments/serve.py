@@ -28,7 +28,7 @@ import os
 from typing import Any
 
 from alt_core.config import load_config
-from alt_core.procs import cuda_device_count
+from alt_core.runtime.launcher import cuda_device_count
 from deployments.setup import default_limit_name, default_slots, ensure_gpu_limit
 
 RUN = "alt-run"

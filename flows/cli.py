@@ -32,7 +32,7 @@ from alt_core.config import (
     load_config,
     validate_config,
 )
-from alt_core.faults import claim_run_group
+from alt_core.runtime.faults import claim_run_group
 from alt_core.store import RunLayout
 
 
@@ -138,7 +138,7 @@ def show_status(run_dir: str, overrides: list[str]) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from alt_core.status import run_status
+    from alt_core.pipeline.status import run_status
 
     config = existing_config(run_dir)
     if config is None:
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
-    # Fault injection (alt_core.faults) ends the whole run through its own process group.
+    # Fault injection (alt_core.runtime.faults) ends the whole run through its own process group.
     claim_run_group()
     try:
         if args.command == "presets":
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return serve_command(args)
         if args.command == "report":
-            from alt_core.report import write_report
+            from alt_core.report.html import write_report
 
             print(write_report(args.run_dir))
             return 0

@@ -7,10 +7,11 @@ from typing import Any
 
 from prefect import flow
 
-from alt_core import pipeline, store
+from alt_core import store
 from alt_core.config import RunConfig
 from alt_core.evaluation import eval_metrics
 from alt_core.methods import uses_judge
+from alt_core.pipeline import stages as pipeline
 from alt_core.store import RunLayout
 from tasks_lib import stages
 from tasks_lib.common import logger
@@ -85,7 +86,7 @@ def alt_iteration(
     feedback_uris = [f["uri"] for f in feedback]
     row: dict[str, Any] = {"iteration": iteration, **times}
     if uses_judge(config):
-        from alt_core.feedback.judge import merge_shard_stats
+        from alt_core.feedback.judge.provider import merge_shard_stats
 
         row.update(merge_shard_stats(feedback))
     row.update(pipeline.feedback_summary(store.read_tables(feedback_uris)))

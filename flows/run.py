@@ -9,7 +9,7 @@ from prefect.artifacts import create_table_artifact
 
 from alt_core import store
 from alt_core.config import RunConfig
-from alt_core.report import format_cell
+from alt_core.report.html import format_cell
 from alt_core.store import RunLayout
 from flows.iteration import alt_iteration, evaluate_policy
 from tasks_lib import stages

@@ -28,7 +28,7 @@ from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.exceptions import MissingContextError
 
-from alt_core.procs import SlotPool
+from alt_core.runtime.launcher import SlotPool
 
 GPU_LIMIT_ENV = "ALT_GPU_LIMIT"
 DEVICE_LOCK_DIR_ENV = "ALT_DEVICE_LOCK_DIR"
@@ -39,7 +39,7 @@ DEVICE_WAIT_S = 600.0
 _POOLS: dict[tuple[str, int, int, str | None], SlotPool | LimitedSlots] = {}
 _POOLS_LOCK = threading.Lock()
 # Training prints `step I/N ...`; sampling and feedback `progress DONE/TOTAL ...`
-# (alt_core.progress).
+# (alt_core.runtime.progress).
 _PROGRESS = re.compile(r"\b(?:step|progress) (\d+)/(\d+)\b")
 
 # Child processes: keep engine chatter out of the flow logs unless asked for.

@@ -23,7 +23,7 @@ from prefect.cache_policies import NO_CACHE
 
 from alt_core import store
 from alt_core.config import RunConfig
-from alt_core.report import (
+from alt_core.report.html import (
     METRIC_COLUMNS,
     RunData,
     bucket_labels,

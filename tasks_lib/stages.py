@@ -19,11 +19,12 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from alt_core import fingerprints as fps
-from alt_core import pipeline, store
+from alt_core import store
 from alt_core.config import RunConfig, dump_config
-from alt_core.fingerprints import state
-from alt_core.procs import run_worker
+from alt_core.pipeline import fingerprints as fps
+from alt_core.pipeline import stages as pipeline
+from alt_core.pipeline.fingerprints import state
+from alt_core.runtime.launcher import run_worker
 from alt_core.store import RunLayout
 from tasks_lib.common import (
     WORKER_ENV,
@@ -63,7 +64,7 @@ def prepare_run(config: RunConfig, run_dir: str) -> dict[str, str]:
     if not store.exists(layout.config) or store.read_bytes(layout.config) != text:
         store.write_bytes_atomic(layout.config, text)
     if config.data.source == "demo":
-        from alt_core.demo import ensure_demo_assets
+        from alt_core.tasks.demo.assets import ensure_demo_assets
 
         assets = ensure_demo_assets(
             config.storage.cache_dir,
@@ -162,7 +163,7 @@ def feedback_shard(config: RunConfig, spec: dict[str, Any], name: str) -> dict[s
     pool = slot_pool("feedback", config.feedback.concurrency)
     if config.feedback.provider in DEVICE_PROVIDERS:
         return _shard_in_process_of_its_own(pool, "feedback", spec, name)
-    from alt_core.worker import run_feedback
+    from alt_core.runtime.entry import run_feedback
 
     # No device, so no slot: the task runner bounds how many run at once.
     update = progress(artifact_key(name), name)
@@ -173,11 +174,11 @@ def feedback_shard(config: RunConfig, spec: dict[str, Any], name: str) -> dict[s
 
 
 def _shard_in_process_of_its_own(pool, kind: str, spec: dict[str, Any], name: str) -> dict:
-    """Run `alt_core.worker KIND` for one shard in a free device slot of `pool`."""
+    """Run `alt_core.runtime.entry KIND` for one shard in a free device slot of `pool`."""
     update = progress(artifact_key(name), name)
     with pool.slot() as env:
         result = run_worker(
-            ["alt_core.worker", kind], spec, name=name, env={**WORKER_ENV, **env},
+            ["alt_core.runtime.entry", kind], spec, name=name, env={**WORKER_ENV, **env},
             log=worker_log(name, update),
         )  # fmt: skip
     update(100.0)
@@ -213,9 +214,9 @@ def train_policy(
     reference: str,
 ) -> dict[str, Any]:
     """Conditional SFT of the policy of iteration k-1 into the policy of iteration k."""
-    from alt_core.train_state import finished_summary
-    from alt_core.train_worker import launch_training
-    from alt_core.training import TrainSpec
+    from alt_core.training.loop import TrainSpec
+    from alt_core.training.state import finished_summary
+    from alt_core.training.worker import launch_training
 
     layout = RunLayout(run_dir)
     out_uri = layout.policy(iteration)

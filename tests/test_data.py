@@ -13,7 +13,7 @@ import pytest
 from alt_core import data, store
 from alt_core.config import RunConfig
 from alt_core.data import DataError, draw_prompts, load_prompts
-from alt_core.demo import DemoAssets
+from alt_core.tasks.demo.assets import DemoAssets
 
 TRAIN = ["Review of the hotel: The room was", "My new phone is", "The soup was", "42"]
 VALID = ["The film was", "This book", "The coffee was"]
@@ -248,7 +248,7 @@ def test_demo_source_reads_the_committed_tables(tmp_path):
 
 
 def test_demo_source_without_assets_asks_the_cache(tmp_path, monkeypatch):
-    import alt_core.demo
+    import alt_core.tasks.demo.assets
 
     calls = []
 
@@ -256,7 +256,7 @@ def test_demo_source_without_assets_asks_the_cache(tmp_path, monkeypatch):
         calls.append((cache_dir, num_train, num_valid, seed))
         return demo_assets(tmp_path)
 
-    monkeypatch.setattr(alt_core.demo, "ensure_demo_assets", fake_ensure)
+    monkeypatch.setattr(alt_core.tasks.demo.assets, "ensure_demo_assets", fake_ensure)
     config = RunConfig.model_validate(
         {"seed": 4, "storage": {"cache_dir": str(tmp_path)},
          "data": {"demo_num_train": 2, "demo_num_valid": 3}}

@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
-from alt_core import demo, store
-from alt_core import demo_reviews as gen
+from alt_core import store
+from alt_core.tasks.demo import assets as demo
+from alt_core.tasks.demo import reviews as gen
 
 TINY = demo.DemoModelSettings(
     vocab_size=300,

@@ -2,7 +2,7 @@
 
 Each faulty run is the real `alt` command, started in this test's process group as `make`
 would start it, SIGKILLed (its own group and all) from inside a stage by
-`alt_core.faults`; `alt resume` then finishes it. The final
+`alt_core.runtime.faults`; `alt resume` then finishes it. The final
 datapool and metrics must equal those of an uninterrupted run with the same seeds, and
 only the lost work may be redone. Sampling uses transformers' generate here (the
 pipeline, not the engine, is under test; the vLLM path has its own integration tests),
@@ -172,7 +172,7 @@ def test_corrupt_artifact_is_detected_and_only_it_redone(reference, api_env, tmp
 
 def test_status_of_finished_run_and_changed_setting(reference, api_env, fault_config):
     from alt_core.config import load_config
-    from alt_core.status import run_status
+    from alt_core.pipeline.status import run_status
 
     run_dir = reference[0]
     done = alt(["status", run_dir], api_env)

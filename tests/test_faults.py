@@ -13,13 +13,13 @@ import subprocess
 import sys
 import textwrap
 
-from alt_core import faults
+from alt_core.runtime import faults
 from flows import cli
 
 ARMED_CHILD = textwrap.dedent(
     """
     import os, sys, time
-    from alt_core import faults
+    from alt_core.runtime import faults
     faults.claim_run_group()
     print(os.getpid(), os.getpgid(0), os.environ[faults.RUN_PGID_ENV], flush=True)
     faults.crash_if("datapool")

@@ -91,7 +91,7 @@ TEXTS = [
 
 
 def tiny_tokenizer():
-    from alt_core.demo import train_tokenizer
+    from alt_core.tasks.demo.assets import train_tokenizer
 
     return train_tokenizer(TEXTS * 5, vocab_size=300, model_max_length=64)
 

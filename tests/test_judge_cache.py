@@ -6,8 +6,8 @@ import uuid
 from pathlib import Path
 
 from alt_core import store
-from alt_core.judge import JudgeCache, load_template
-from alt_core.judge.config import JudgeConfig
+from alt_core.config.judge import JudgeConfig
+from alt_core.feedback.judge import JudgeCache, load_template
 
 
 def entry(score, reason=None):

@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 from judge_server import FAULTS, JudgeServer
 
-from alt_core.judge import JudgeConfig, load_template
-from alt_core.judge.client import OUTPUT_COLUMNS, judge_batch
+from alt_core.feedback.judge import JudgeConfig, load_template
+from alt_core.feedback.judge.client import OUTPUT_COLUMNS, judge_batch
 
 TRANSIENT = ["429", "500", "slow", "drop", "truncated_body"]
 # Faults the server injects, and the client's failure kind each one must show up as.

@@ -9,13 +9,19 @@ import pandas as pd
 import pytest
 from judge_server import JudgeServer
 
-from alt_core import fingerprints, pipeline, store
+from alt_core import store
 from alt_core.config import ConfigError, Method, RunConfig, load_config
 from alt_core.datapool import choose_exemplar, draw_training_set, top_feedback, update_pool
 from alt_core.feedback import get_provider
-from alt_core.feedback.judge import JudgeProvider, best_template_feedback, merge_shard_stats
-from alt_core.judge import JudgeConfig, JudgeConfigError
+from alt_core.feedback.judge import JudgeConfig, JudgeConfigError
+from alt_core.feedback.judge.provider import (
+    JudgeProvider,
+    best_template_feedback,
+    merge_shard_stats,
+)
 from alt_core.methods import condition_prompts
+from alt_core.pipeline import fingerprints
+from alt_core.pipeline import stages as pipeline
 from alt_core.schemas import POOL
 from alt_core.store import RunLayout
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from alt_core.judge import JudgeConfigError, ParseError, list_templates, load_template
-from alt_core.judge.parsers import SteerLMSettings, steerlm_score_range
-from alt_core.judge.templates import JudgeTemplate, fill
+from alt_core.feedback.judge import JudgeConfigError, ParseError, list_templates, load_template
+from alt_core.feedback.judge.parsers import SteerLMSettings, steerlm_score_range
+from alt_core.feedback.judge.templates import JudgeTemplate, fill
 
 
 @pytest.fixture(scope="module")

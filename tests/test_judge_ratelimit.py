@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from alt_core.judge.client import _retry_after
-from alt_core.judge.ratelimit import RateLimiter, TokenBucket
+from alt_core.feedback.judge.client import _retry_after
+from alt_core.feedback.judge.ratelimit import RateLimiter, TokenBucket
 
 
 class FakeClock:

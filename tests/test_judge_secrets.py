@@ -12,8 +12,8 @@ import pytest
 from judge_server import JudgeServer
 from pydantic import ValidationError
 
-from alt_core.judge import JudgeClient, JudgeConfig, JudgeRequestError, judge_batch
-from alt_core.judge.config import JudgeConfigError
+from alt_core.config.judge import JudgeConfigError
+from alt_core.feedback.judge import JudgeClient, JudgeConfig, JudgeRequestError, judge_batch
 
 KEY = "sk-test-Zq8ThisMustNeverLeak0123456789"
 
@@ -108,7 +108,7 @@ def test_a_missing_secret_block_is_a_clear_error(monkeypatch):
 
 
 def test_importing_the_judge_does_not_import_prefect():
-    code = "import sys, alt_core.judge; print('prefect' in sys.modules, 'vllm' in sys.modules)"
+    code = "import sys, alt_core.feedback.judge; print('prefect' in sys.modules, 'vllm' in sys.modules)"
     out = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,

@@ -27,7 +27,7 @@ import pytest
 
 from alt_core.config import load_config
 from alt_core.feedback import get_provider
-from alt_core.feedback.judge import JudgeProvider
+from alt_core.feedback.judge.provider import JudgeProvider
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

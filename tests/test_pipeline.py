@@ -5,8 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from alt_core import methods, pipeline
+from alt_core import methods
 from alt_core.config import RunConfig
+from alt_core.pipeline import stages as pipeline
 
 
 def test_shard_bounds_cover_rows_contiguously():

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 
-from alt_core.progress import ProgressLog
+from alt_core.runtime.progress import ProgressLog
 from tasks_lib.common import progress_fraction
 
 
@@ -36,7 +36,7 @@ def test_a_quick_stage_prints_only_its_last_line():
 
 def test_a_slow_stage_prints_as_it_goes(monkeypatch):
     clock = iter(range(0, 1000, 3))  # every call 3 s later
-    monkeypatch.setattr("alt_core.progress.time.monotonic", lambda: next(clock))
+    monkeypatch.setattr("alt_core.runtime.progress.time.monotonic", lambda: next(clock))
     lines: list[str] = []
     bar = ProgressLog(40, "prompts", lines.append)
     for _ in range(40):

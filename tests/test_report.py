@@ -16,9 +16,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from alt_core import plots, store
+from alt_core import store
 from alt_core.config import RunConfig, dump_config
-from alt_core.report import load_run, make_plots, write_report
+from alt_core.report import plots
+from alt_core.report.html import load_run, make_plots, write_report
 from alt_core.schemas import EVAL, FEEDBACK, POOL
 from alt_core.store import RunLayout
 

@@ -8,15 +8,15 @@ import pandas as pd
 import pytest
 
 from alt_core.config import Method, RuleCriticConfig, load_config
-from alt_core.demo_reviews import generate_reviews
 from alt_core.feedback import FEEDBACK_COLUMNS, get_provider
-from alt_core.feedback.rule_critic import (
+from alt_core.feedback.sentiment import SentimentProvider
+from alt_core.tasks.demo.reviews import generate_reviews
+from alt_core.tasks.demo.rule_critic import (
     RuleCriticProvider,
     best_feedback,
     find_flaws,
     sentiment_band,
 )
-from alt_core.feedback.sentiment import SentimentProvider
 
 PROMPTS = ["The staff", "Review: The room was", "The battery", "Book review: The story was"]
 GENERATIONS = [

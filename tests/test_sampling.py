@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from alt_core import store
-from alt_core.procs import WorkerError, run_worker
-from alt_core.progress import ProgressLog
+from alt_core.runtime.launcher import WorkerError, run_worker
+from alt_core.runtime.progress import ProgressLog
 from alt_core.sampling import (
     EngineSettings,
     Generation,
@@ -81,7 +81,9 @@ def test_vllm_shard_with_long_seeded_prompts(tmp_path, tiny_model_dir):
         n=4, temperature=0.9, top_p=0.9, max_new_tokens=8, max_prompt_tokens=64,
     )  # fmt: skip
     lines: list[str] = []
-    result = run_worker(["alt_core.worker", "sample"], spec.to_dict(), name="s", log=lines.append)
+    result = run_worker(
+        ["alt_core.runtime.entry", "sample"], spec.to_dict(), name="s", log=lines.append
+    )
     df = store.read_table(spec.output_uri)
     assert result["rows"] == len(df) == 1024
     # vLLM's finished requests drive the shard's progress lines.
@@ -90,7 +92,7 @@ def test_vllm_shard_with_long_seeded_prompts(tmp_path, tiny_model_dir):
     assert (df["num_tokens"] <= 8).all() and df["truncated"].any()
     # Seeds per prompt row: the same shard again gives the same samples.
     again = spec.to_dict() | {"output_uri": str(tmp_path / "again.parquet")}
-    run_worker(["alt_core.worker", "sample"], again, name="s", log=lambda _: None)
+    run_worker(["alt_core.runtime.entry", "sample"], again, name="s", log=lambda _: None)
     pd.testing.assert_frame_equal(df, store.read_table(again["output_uri"]))
 
 
@@ -123,5 +125,8 @@ def test_worker_failure_names_the_cause(tmp_path):
     )
     with pytest.raises(WorkerError, match=r"(?s)sample-0 failed \(exit code 1\).*not committed"):
         run_worker(
-            ["alt_core.worker", "sample"], spec.to_dict(), name="sample-0", log=lambda _: None
+            ["alt_core.runtime.entry", "sample"],
+            spec.to_dict(),
+            name="sample-0",
+            log=lambda _: None,
         )

@@ -20,15 +20,15 @@ import pandas as pd
 import pytest
 
 from alt_core.store import write_table
-from alt_core.train_state import METRICS_FILE, resume_key
-from alt_core.train_worker import FAIL_AT_STEP_ENV, launch_training
-from alt_core.training import (
+from alt_core.training.loop import (
     TRACKER_DIR,
     TrainingError,
     TrainSpec,
     _check_trackers,
     _tracker_config,
 )
+from alt_core.training.state import METRICS_FILE, resume_key
+from alt_core.training.worker import FAIL_AT_STEP_ENV, launch_training
 
 QUIET_ENV = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 TRACKED = ("loss", "nll", "kl", "entropy", "lr", "grad_norm")

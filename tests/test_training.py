@@ -26,8 +26,7 @@ from transformers import (
 from alt_core.config import TrainingConfig
 from alt_core.losses import IGNORE_INDEX
 from alt_core.store import write_table
-from alt_core.train_worker import ensure_single_process_env, launch_training, worker_command
-from alt_core.training import (
+from alt_core.training.loop import (
     METRICS_FILE,
     TrainingError,
     TrainSpec,
@@ -40,6 +39,7 @@ from alt_core.training import (
     linear_warmup_decay,
     tokenise_train_table,
 )
+from alt_core.training.worker import ensure_single_process_env, launch_training, worker_command
 
 EOS = "<|endoftext|>"
 CONTROL = "_QUANTILE_TOKEN_0_"
@@ -334,12 +334,12 @@ def test_single_process_env_only_when_no_launcher():
 def test_worker_command_uses_accelerate_for_several_processes(tmp_path):
     spec = TrainSpec(policy_path="/p", train_table="t", output_dir="o", training={"kl_coef": 0})
     single = worker_command(spec, tmp_path / "s.json")
-    assert single[1:3] == ["-m", "alt_core.train_worker"]
+    assert single[1:3] == ["-m", "alt_core.training.worker"]
     spec.training.num_processes = 2
     multi = worker_command(spec, tmp_path / "s.json")
     assert multi[1:3] == ["-m", "accelerate.commands.launch"]
     assert multi[multi.index("--num_processes") + 1] == "2"
-    assert multi[-3:] == ["-m", "alt_core.train_worker", str(tmp_path / "s.json")]
+    assert multi[-3:] == ["-m", "alt_core.training.worker", str(tmp_path / "s.json")]
 
 
 # ----------------------------------------------------------------- real DeepSpeed

@@ -17,9 +17,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from alt_core import train_state
 from alt_core.store import write_table
-from alt_core.train_state import (
+from alt_core.training import state as train_state
+from alt_core.training.loop import TrainingError, TrainSpec
+from alt_core.training.state import (
     METRICS_FILE,
     STATE_FILE,
     CheckpointError,
@@ -32,8 +33,7 @@ from alt_core.train_state import (
     state_lock,
     usable_checkpoints,
 )
-from alt_core.train_worker import FAIL_AT_STEP_ENV, crash_hook, launch_training
-from alt_core.training import TrainingError, TrainSpec
+from alt_core.training.worker import FAIL_AT_STEP_ENV, crash_hook, launch_training
 
 QUIET_ENV = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 # What a resumed step must reproduce; elapsed_s is wall time and differs.

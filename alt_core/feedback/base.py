@@ -30,8 +30,8 @@ INPUT_COLUMNS = ["prompt", "generation"]
 PROVIDERS: dict[str, str] = {
     "sentiment": "alt_core.feedback.sentiment:SentimentProvider",
     "reward_model": "alt_core.feedback.reward_model:RewardModelProvider",
-    "rule_critic": "alt_core.feedback.rule_critic:RuleCriticProvider",
-    "judge": "alt_core.feedback.judge:JudgeProvider",
+    "rule_critic": "alt_core.tasks.demo.rule_critic:RuleCriticProvider",
+    "judge": "alt_core.feedback.judge.provider:JudgeProvider",
 }
 # Named in the config but not registered yet: a clear error instead of a KeyError. A
 # provider registered in PROVIDERS takes precedence, so registering one is enough.
@@ -43,7 +43,7 @@ class FeedbackProvider(ABC):
     calls; `close` releases it."""
 
     name: str = "provider"
-    # Where a slow provider prints `progress DONE/TOTAL` lines (alt_core.progress) as it
+    # Where a slow provider prints `progress DONE/TOTAL` lines (alt_core.runtime.progress) as it
     # scores; None: nowhere. Set by whoever runs the provider.
     progress: Callable[[str], None] | None = None
 

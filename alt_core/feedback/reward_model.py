@@ -20,7 +20,7 @@ from alt_core.feedback.base import (
     missing_generations,
     reason_where,
 )
-from alt_core.progress import ProgressLog
+from alt_core.runtime.progress import ProgressLog
 
 
 class RewardModelError(RuntimeError):

@@ -4,13 +4,13 @@ Training runs in a process of its own because DeepSpeed sets up torch.distribute
 memory and JIT-builds ops: none of that should live inside a Prefect worker or a test
 process, and a crash must not take them down.
 
-    python -m alt_core.train_worker SPEC.json                      # one process
-    accelerate launch --num_processes N -m alt_core.train_worker SPEC.json   # N GPUs
+    python -m alt_core.training.worker SPEC.json                      # one process
+    accelerate launch --num_processes N -m alt_core.training.worker SPEC.json   # N GPUs
 
 A single process sets the torch.distributed variables itself (a free MASTER_PORT); under
 a launcher the variables it set are left alone. On success the main process prints one
 JSON line `{"train_summary": {...}}` last; on failure the exit code is 1 and the last
-stderr line says what failed. Training is resumable (see `alt_core.train_state`): run
+stderr line says what failed. Training is resumable (see `alt_core.training.state`): run
 the same spec again after a failure and it continues from its last checkpoint.
 
 Fault injection, for the resume tests and benchmark: with `ALT_TRAIN_FAIL_AT_STEP=N` in
@@ -35,10 +35,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from alt_core.faults import TRAIN_FAULT_ENV, kill_run
-from alt_core.procs import kill_process_group
-from alt_core.train_state import finished_summary
-from alt_core.training import TrainingError, TrainSpec, train
+from alt_core.runtime.faults import TRAIN_FAULT_ENV, kill_run
+from alt_core.runtime.launcher import kill_process_group
+from alt_core.training.loop import TrainingError, TrainSpec, train
+from alt_core.training.state import finished_summary
 
 SUMMARY_KEY = "train_summary"
 FAIL_AT_STEP_ENV = TRAIN_FAULT_ENV
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         traceback.print_exc()
         print(
-            f"alt_core.train_worker: training failed: {type(exc).__name__}: {exc}",
+            f"alt_core.training.worker: training failed: {type(exc).__name__}: {exc}",
             file=sys.stderr,
             flush=True,
         )
@@ -111,12 +111,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def worker_command(spec: TrainSpec, spec_path: Path) -> list[str]:
     """The command that runs the worker: plain python for one process, else accelerate."""
-    worker = ["-m", "alt_core.train_worker", str(spec_path)]
+    worker = ["-m", "alt_core.training.worker", str(spec_path)]
     cfg = spec.training
     if cfg.num_processes == 1:
         return [sys.executable, *worker]
     launch = [sys.executable, "-m", "accelerate.commands.launch"]
-    # DeepSpeed itself is configured in code (alt_core.training), not by launcher flags.
+    # DeepSpeed itself is configured in code (alt_core.training.loop), not by launcher flags.
     options = ["--multi_gpu", "--num_machines", "1", "--num_processes", str(cfg.num_processes)]
     options += ["--mixed_precision", cfg.mixed_precision, "--dynamo_backend", "no"]
     options += ["--main_process_port", str(free_port())]
@@ -126,7 +126,7 @@ def worker_command(spec: TrainSpec, spec_path: Path) -> list[str]:
 def _child_env(env: Mapping[str, str] | None) -> dict[str, str]:
     child = {**os.environ, **(env or {})}
     # The worker must import this checkout of alt_core whatever the current directory.
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])
     child["PYTHONPATH"] = os.pathsep.join(p for p in (root, child.get("PYTHONPATH")) if p)
     child.setdefault("PYTHONUNBUFFERED", "1")
     return child

@@ -1,4 +1,4 @@
-"""Judge prompt templates: data files (alt_core/templates/*.yaml) with their parser.
+"""Judge prompt templates: data files (alt_core/feedback/judge/templates/*.yaml) with their parser.
 
 A template holds a system message, optional few-shot (user, assistant) pairs, a user
 message with `{prompt}` and `{generation}` placeholders, the repair message sent after an
@@ -23,10 +23,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from alt_core import store
-from alt_core.judge.config import JudgeConfigError
-from alt_core.judge.parsers import Judgement, make_parser
+from alt_core.config.judge import JudgeConfigError
+from alt_core.feedback.judge.parsers import Judgement, make_parser
 
-TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
+TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 _PLACEHOLDER = re.compile(r"\{(prompt|generation|reason)\}")
 
 

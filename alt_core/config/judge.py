@@ -38,7 +38,7 @@ class JudgeConfig(BaseModel):
     )
     template: str = Field(
         "tldr_lmu",
-        description="Prompt template: a built-in name from alt_core/templates (tldr_lmu, hh_lmc, "
+        description="Prompt template: a built-in name from alt_core/feedback/judge/templates (tldr_lmu, hh_lmc, "
         "hh_steerlm, demo_review_lmu) or a path to a template YAML file.",
     )
     temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature of the judge.")

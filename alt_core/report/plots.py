@@ -25,7 +25,7 @@ try:
     from matplotlib.figure import Figure
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError(
-        "alt_core.plots needs matplotlib; install it with `pip install matplotlib` "
+        "alt_core.report.plots needs matplotlib; install it with `pip install matplotlib` "
         "(it is one of the project's dependencies)"
     ) from exc
 

@@ -1,6 +1,6 @@
-"""Entry point of shard processes: `python -m alt_core.worker KIND SPEC.json`.
+"""Entry point of shard processes: `python -m alt_core.runtime.entry KIND SPEC.json`.
 
-KIND is `sample`, `feedback` or `perplexity`. The parent (`alt_core.procs.run_worker`)
+KIND is `sample`, `feedback` or `perplexity`. The parent (`alt_core.runtime.launcher.run_worker`)
 streams this process's output and reads the JSON result from its last line.
 """
 
@@ -14,8 +14,8 @@ from collections.abc import Callable
 from typing import Any
 
 from alt_core import store
-from alt_core.faults import crash_if, shard_point
-from alt_core.procs import emit_result
+from alt_core.runtime.faults import crash_if, shard_point
+from alt_core.runtime.launcher import emit_result
 
 
 def _threads_from_slot() -> None:
@@ -89,7 +89,10 @@ KINDS = {"sample": run_sample, "feedback": run_feedback, "perplexity": run_perpl
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2 or argv[0] not in KINDS:
-        print(f"usage: python -m alt_core.worker {{{','.join(KINDS)}}} SPEC.json", file=sys.stderr)
+        print(
+            f"usage: python -m alt_core.runtime.entry {{{','.join(KINDS)}}} SPEC.json",
+            file=sys.stderr,
+        )
         return 2
     _threads_from_slot()
     with open(argv[1]) as fh:

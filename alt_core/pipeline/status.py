@@ -1,7 +1,7 @@
 """`alt status RUN_DIR`: what a rerun of the run would reuse, redo, or do first.
 
 The walk follows the iteration DAG and computes each output's expected fingerprint
-exactly as the stage tasks do (`alt_core.fingerprints`). An output is
+exactly as the stage tasks do (`alt_core.pipeline.fingerprints`). An output is
 
 - committed: present, intact, made from the current settings and inputs;
 - stale: present, but its settings or an input changed (or an input will be redone);
@@ -13,10 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from alt_core import fingerprints as fps
-from alt_core import pipeline, store
+from alt_core import store
 from alt_core.config import RunConfig
 from alt_core.methods import uses_judge
+from alt_core.pipeline import fingerprints as fps
+from alt_core.pipeline import stages as pipeline
 from alt_core.store import RunLayout
 
 

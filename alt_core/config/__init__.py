@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from alt_core.judge.config import JudgeConfig, JudgeConfigError
+from alt_core.config.judge import JudgeConfig, JudgeConfigError
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
@@ -144,7 +144,7 @@ Provider = Literal["auto", "sentiment", "reward_model", "rule_critic", "judge"]
 # Providers that give a scalar reward, and those that write textual feedback.
 REWARD_PROVIDERS = ("sentiment", "reward_model")
 TEXT_PROVIDERS = ("rule_critic", "judge")
-# The judge-template parser each judge method needs (alt_core/judge/parsers.py).
+# The judge-template parser each judge method needs (alt_core/feedback/judge/parsers.py).
 TEMPLATE_PARSER = {Method.ALT_LMU: "lmu", Method.ALT_LMC: "lmc", Method.STEERLM: "steerlm"}
 
 
@@ -211,7 +211,7 @@ class FeedbackConfig(StrictModel):
     rule_critic: RuleCriticConfig = Field(
         default_factory=RuleCriticConfig,
         description="Labels of the rule-based critic (provider 'rule_critic', a stand-in for an "
-        "LLM judge); its sentence and score rules are fixed (alt_core/feedback/rule_critic.py).",
+        "LLM judge); its sentence and score rules are fixed (alt_core/tasks/demo/rule_critic.py).",
     )
     exemplar_rule: Literal["top_feedback", "fixed"] = Field(
         "top_feedback",
@@ -403,7 +403,7 @@ class RunConfig(StrictModel):
         """The judge's template must be read by the parser this method needs (checked here
         for built-in and local templates; one in object storage is checked at start)."""
         from alt_core import store
-        from alt_core.judge.templates import list_templates, load_template
+        from alt_core.feedback.judge.templates import list_templates, load_template
 
         name = self.feedback.judge.template
         if store.is_remote(name) or self.method not in TEMPLATE_PARSER:

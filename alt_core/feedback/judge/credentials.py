@@ -12,7 +12,7 @@ import os
 
 from pydantic import SecretStr
 
-from alt_core.judge.config import JudgeConfig, JudgeConfigError
+from alt_core.config.judge import JudgeConfig, JudgeConfigError
 
 log = logging.getLogger(__name__)
 REDACTED = "***"

@@ -4,14 +4,14 @@ Quark, ALT_RM, ALT_LMU, ALT_LMC and SteerLM differ only in the training table (t
 conditioned `query` and what the reference sees in `reference_query`) and in config
 values (`kl_coef`, `entropy_coef`, added control tokens). The building blocks:
 
-- `alt_core.train_data`: the spec, tokenising, collating and the data order (re-exported
+- `alt_core.training.data`: the spec, tokenising, collating and the data order (re-exported
   here).
-- `alt_core.train_model`: loading the policy and reference, added tokens, and
+- `alt_core.training.model`: loading the policy and reference, added tokens, and
   `freeze_lower_layers`, which trains only the top share of transformer blocks
   (re-exported here).
 - `train(spec)`: the loop, run through Accelerate + DeepSpeed in a worker process (see
-  `alt_core.train_worker`). It saves its full state every `spec.checkpoint_every` steps
-  and at the end (`alt_core.train_state`); started again with the same spec after a
+  `alt_core.training.worker`). It saves its full state every `spec.checkpoint_every` steps
+  and at the end (`alt_core.training.state`); started again with the same spec after a
   kill, it continues from the newest complete checkpoint, and a finished run returns its
   saved summary. DeepSpeed and Accelerate are imported inside functions so that
   `import alt_core` works without them.
@@ -37,7 +37,7 @@ import torch
 from alt_core.config import TrainingConfig
 from alt_core.losses import IGNORE_INDEX, conditional_sft_loss
 from alt_core.store import read_table, write_json
-from alt_core.train_data import (
+from alt_core.training.data import (
     TABLE_COLUMNS,
     Batch,
     TokenisedTable,
@@ -48,7 +48,7 @@ from alt_core.train_data import (
     linear_warmup_decay,
     tokenise_train_table,
 )
-from alt_core.train_model import (
+from alt_core.training.model import (
     add_tokens,
     check_paths,
     find_transformer_blocks,
@@ -58,7 +58,7 @@ from alt_core.train_model import (
     load_reference,
     save_kwargs,
 )
-from alt_core.train_state import (
+from alt_core.training.state import (
     METRICS_FILE,
     Checkpointer,
     Dist,
@@ -425,7 +425,7 @@ def train(
 ) -> dict[str, Any]:
     """Run conditional SFT as described by `spec`; returns the summary also written to
     `<output_dir>/train_metrics.json` next to the checkpoint. Must run in a process of
-    its own (see `alt_core.train_worker`): it sets up torch.distributed.
+    its own (see `alt_core.training.worker`): it sets up torch.distributed.
 
     Resumable: the full state is saved under `spec.resolved_state_dir`; run again with
     the same spec after a crash, training continues from the newest complete checkpoint,

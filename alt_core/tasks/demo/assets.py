@@ -2,7 +2,7 @@
 
 Nothing can be downloaded here, so the demo makes its own model and data, in the open:
 
-* a seeded generator (`alt_core.demo_reviews`) of short reviews (hotels, restaurants,
+* a seeded generator (`alt_core.tasks.demo.reviews`) of short reviews (hotels, restaurants,
   cafes, phones, laptops, speakers, films, books) whose sentiment is positive, negative, neutral or mixed in
   about equal shares, built from templates with intensifiers, negations and
   contrasting clauses ("The room was clean but the staff were rude.");
@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from alt_core import store
-from alt_core.demo_reviews import (
+from alt_core.tasks.demo.reviews import (
     GENERATOR_VERSION,
     generate_corpus,
     generate_prompt_splits,

@@ -20,8 +20,8 @@ import pandas as pd
 
 from alt_core import store
 from alt_core.config import RunConfig
-from alt_core.faults import crash_if
 from alt_core.methods import condition_prompts, default_exemplar, quantile_tokens, uses_judge
+from alt_core.runtime.faults import crash_if
 from alt_core.sampling import EngineSettings, GenerationParams, SampleSpec
 from alt_core.schemas import EVAL, PROMPTS
 from alt_core.store import RunLayout

@@ -21,8 +21,8 @@ import pandas as pd
 
 from alt_core import store
 from alt_core.config import Dtype
-from alt_core.faults import crash_if, shard_point
-from alt_core.progress import ProgressLog
+from alt_core.runtime.faults import crash_if, shard_point
+from alt_core.runtime.progress import ProgressLog
 from alt_core.schemas import PROMPTS, SAMPLES, require_columns
 
 

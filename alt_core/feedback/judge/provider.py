@@ -1,4 +1,4 @@
-"""LLM-judge feedback: the `judge` provider around `alt_core.judge.judge_batch`.
+"""LLM-judge feedback: the `judge` provider around `alt_core.feedback.judge.judge_batch`.
 
 Each (raw prompt, generation) row is judged with the template in `feedback.judge.template`
 (its parser must suit the method: lmu for ALT_LMU, lmc for ALT_LMC, steerlm for SteerLM).
@@ -30,7 +30,7 @@ import pandas as pd
 from alt_core import store
 from alt_core.config import TEMPLATE_PARSER, Method, RunConfig
 from alt_core.feedback.base import FeedbackProvider, feedback_frame, missing_generations
-from alt_core.judge import (
+from alt_core.feedback.judge import (
     OUTPUT_COLUMNS,
     JudgeConfig,
     JudgeConfigError,

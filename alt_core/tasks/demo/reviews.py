@@ -10,7 +10,7 @@ prompt space out for validation: the demo's base model never sees those openings
 
 The adjectives are chosen so that VADER's lexicon agrees with their intended polarity
 (positive words score above zero, negative ones below, descriptive ones not at all),
-which the tests check. `alt_core.demo` trains the base model on this corpus.
+which the tests check. `alt_core.tasks.demo.assets` trains the base model on this corpus.
 """
 
 from __future__ import annotations

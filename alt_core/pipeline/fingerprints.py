@@ -15,7 +15,7 @@ from typing import Literal
 
 from alt_core import store
 from alt_core.config import RunConfig
-from alt_core.judge.config import ANSWER_FIELDS
+from alt_core.config.judge import ANSWER_FIELDS
 
 # Fields that change a stage's output. Throughput knobs (concurrency, batch sizes that
 # do not change results, engine memory) are deliberately absent.
@@ -155,7 +155,7 @@ def feedback_fingerprint(config: RunConfig, samples_uri: str) -> str:
         return fingerprint(config, "feedback", [samples_uri])
     # A template is named in the config but its text may change under the same name
     # (an edited file): its content hash decides, as it does for the judge's cache.
-    from alt_core.judge import load_template
+    from alt_core.feedback.judge import load_template
 
     template_hash = load_template(config.feedback.judge.template).content_hash
     return fingerprint(config, "feedback", [samples_uri], template=template_hash)

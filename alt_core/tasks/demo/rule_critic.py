@@ -61,7 +61,7 @@ _SENTENCE_END = r"[.!?…][\"'”’)\]]*\s*$"
 
 def _aspect_pattern() -> str:
     """What a demo review talks about ("staff", "battery life"): longest names first."""
-    from alt_core.demo_reviews import DOMAINS
+    from alt_core.tasks.demo.reviews import DOMAINS
 
     aspects = sorted({a for d in DOMAINS for a in d.aspects}, key=lambda a: (-len(a), a))
     return r"\b(" + "|".join(re.escape(a) for a in aspects) + r")\b"

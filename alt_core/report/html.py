@@ -6,7 +6,7 @@
 every iteration (from `metrics.json`, the per-iteration `iter_k/metrics.json` of a run
 still going, or computed from the evaluation table when neither has them), the training
 feedback, datapools, evaluation tables and training step records. Anything missing is
-simply absent from the report. `write_plots` writes the PNGs of `alt_core.plots` to
+simply absent from the report. `write_plots` writes the PNGs of `alt_core.report.plots` to
 `<run_dir>/report/`; the HTML page inlines them (base64), so it can be mailed or opened
 from object storage as one file. Works on local folders and s3:// alike (via the store).
 """
@@ -187,7 +187,7 @@ def bucket_labels(config: RunConfig | None, pools: pd.DataFrame) -> dict[int, st
 
 def make_plots(data: RunData) -> dict[str, bytes]:
     """The run's plots as PNG bytes, keyed like `plots.PLOT_FILES`; absent when empty."""
-    from alt_core import plots
+    from alt_core.report import plots
 
     cfg = data.config
     max_tokens = cfg.sampling.max_new_tokens if cfg else None
@@ -212,7 +212,7 @@ def report_dir(run_dir: str) -> str:
 
 def write_plots(run_dir: str, pngs: dict[str, bytes]) -> dict[str, str]:
     """Write the PNGs to <run_dir>/report/; returns their URIs by plot name."""
-    from alt_core.plots import PLOT_FILES
+    from alt_core.report.plots import PLOT_FILES
 
     uris = {}
     for name, png in pngs.items():
@@ -410,7 +410,7 @@ def _cards(data: RunData) -> str:
 
 
 def _figures(pngs: dict[str, bytes]) -> str:
-    from alt_core.plots import PLOT_FILES
+    from alt_core.report.plots import PLOT_FILES
 
     if not pngs:
         return "<p>Nothing to plot yet.</p>"

@@ -34,14 +34,14 @@ import httpx
 import numpy as np
 import pandas as pd
 
-from alt_core.judge.cache import ENTRY_FIELDS, JudgeCache
-from alt_core.judge.config import JudgeConfig
-from alt_core.judge.credentials import Redactor, resolve_api_key
-from alt_core.judge.parsers import Judgement, ParseError
-from alt_core.judge.ratelimit import RateLimiter
-from alt_core.judge.stats import TRANSIENT_KINDS, JudgeStats
-from alt_core.judge.templates import JudgeTemplate, load_template
-from alt_core.progress import ProgressLog
+from alt_core.config.judge import JudgeConfig
+from alt_core.feedback.judge.cache import ENTRY_FIELDS, JudgeCache
+from alt_core.feedback.judge.credentials import Redactor, resolve_api_key
+from alt_core.feedback.judge.parsers import Judgement, ParseError
+from alt_core.feedback.judge.ratelimit import RateLimiter
+from alt_core.feedback.judge.stats import TRANSIENT_KINDS, JudgeStats
+from alt_core.feedback.judge.templates import JudgeTemplate, load_template
+from alt_core.runtime.progress import ProgressLog
 
 log = logging.getLogger(__name__)
 

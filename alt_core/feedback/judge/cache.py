@@ -24,7 +24,7 @@ import fsspec
 import pandas as pd
 
 from alt_core import store
-from alt_core.judge.templates import JudgeTemplate
+from alt_core.feedback.judge.templates import JudgeTemplate
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@
   prompt width, so response tokens sit at identical positions in both and one slice of
   the logits serves both models.
 - `epoch_batches`: the data order, a pure function of (seed, epoch, rank), so a resumed
-  run finds its place in it from the step number (see `alt_core.train_state`);
+  run finds its place in it from the step number (see `alt_core.training.state`);
   `linear_warmup_decay` the learning-rate schedule over those steps.
 """
 

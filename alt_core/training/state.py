@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from alt_core import store
-from alt_core.train_data import TrainingError, TrainSpec
+from alt_core.training.data import TrainingError, TrainSpec
 
 METRICS_FILE = "train_metrics.json"
 STATE_FILE = "resume.json"
@@ -135,7 +135,7 @@ def resume_key(spec: TrainSpec) -> str:
     and training table (their commit hashes; a plain path stands for itself), the
     training config (less its checkpoint and tracker settings), the added tokens and the
     seed."""
-    from alt_core.fingerprints import content_id
+    from alt_core.pipeline.fingerprints import content_id
 
     fields = spec.model_dump(mode="json", exclude=_SPEC_NOT_IN_KEY)
     fields["training"] = {
