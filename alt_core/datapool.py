@@ -6,13 +6,14 @@ never modify their inputs. Everything is vectorised with groupby / cumcount /
 sort_values, so a pool of a few hundred thousand generations is handled in well under
 a second.
 
-Buckets. Bucket 0 is always the best.
-- Reward methods (Quark, ALT_RM): per prompt, the generations sorted by reward (highest
+Buckets. Bucket 0 is always the best. A method's `bucket_rule` (`alt_core.methods`)
+picks one of two rules, and with it the draw below:
+- "reward_quantiles" (Quark, ALT_RM): per prompt, the generations sorted by reward (highest
   first, ties kept in row order) are cut into Q buckets of n // Q rows; the remainder of
   n / Q goes to the last (worst) bucket. When a prompt has fewer than Q generations each
   one gets its own bucket in rank order (bucket = rank), so the best sample is always in
   bucket 0 and only the worst buckets are empty.
-- Judge methods (ALT_LMU, ALT_LMC, SteerLM): bucket = dense rank of the judge score,
+- "score_rank" (ALT_LMU, ALT_LMC, SteerLM): bucket = dense rank of the judge score,
   highest first, over the distinct scores present in the whole pool (scores 0..3 all
   present: bucket = 3 - score). Providers must therefore give higher scores to better
   generations. The numbering is pool-wide so that a bucket means the same score for
@@ -33,14 +34,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from alt_core.config import Method, RunConfig
+from alt_core.config import RunConfig
 from alt_core.methods import (
     best_feedback,
     bucket_text,
     compose_queries,
     default_exemplar,
+    method_spec,
     reference_queries,
-    uses_judge,
 )
 from alt_core.schemas import POOL, TRAIN, require_columns
 
@@ -206,7 +207,7 @@ def update_pool(
     combined = pd.concat(parts, ignore_index=True)
     combined["truncated"] = _truncated(combined)
     combined["iteration"] = combined["iteration"].astype("int64")
-    if uses_judge(config):
+    if method_spec(config).bucket_rule == "score_rank":
         out = assign_score_buckets(combined)
     else:
         out = assign_quantiles(combined, config.datapool.num_quantiles)
@@ -234,7 +235,7 @@ def eos_rule(generation: pd.Series, truncated: pd.Series) -> pd.Series:
 def _select(pool: pd.DataFrame, config: RunConfig, rng: np.random.Generator) -> np.ndarray:
     """Boolean mask of the pool rows that go into the training set."""
     rank = _bucket_rank(pool, rng, prefer_complete=True)
-    if not uses_judge(config):
+    if method_spec(config).bucket_rule == "reward_quantiles":
         return rank < config.datapool.num_samples_per_quantile
     return _spread_position(pool, rank) < config.datapool.num_samples_per_prompt
 
@@ -298,15 +299,17 @@ def top_feedback(pool: pd.DataFrame) -> str:
 
 def choose_exemplar(pool: pd.DataFrame, config: RunConfig) -> str:
     """The exemplar feedback that conditions the next iteration's sampling and validation
-    (rule: `feedback.exemplar_rule`). Quark / ALT_RM: the best bucket's token or phrase;
-    ALT_LMU: `top_feedback(pool)`; ALT_LMC / SteerLM: the best category / attribute values;
-    with exemplar_rule=fixed, `feedback.exemplar_text` for every judge method. (The one
-    exception to "never opens files": an LLM judge's labels are read from its template.)"""
-    if not uses_judge(config):
+    (the method's `exemplar` rule, then `feedback.exemplar_rule`). Quark / ALT_RM: the
+    best bucket's token or phrase; ALT_LMU: `top_feedback(pool)`; ALT_LMC / SteerLM: the
+    best category / attribute values; with exemplar_rule=fixed, `feedback.exemplar_text`
+    for every judge method. (The one exception to "never opens files": an LLM judge's
+    labels are read from its template.)"""
+    rule = method_spec(config).exemplar
+    if rule == "best_bucket":
         return default_exemplar(config)
     if config.feedback.exemplar_rule == "fixed":
         return str(config.feedback.exemplar_text)
-    if config.method == Method.ALT_LMU:
+    if rule == "top_feedback":
         return top_feedback(pool)
     return best_feedback(config)
 

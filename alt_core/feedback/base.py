@@ -33,9 +33,6 @@ PROVIDERS: dict[str, str] = {
     "rule_critic": "alt_core.tasks.demo.rule_critic:RuleCriticProvider",
     "judge": "alt_core.feedback.judge.provider:JudgeProvider",
 }
-# Named in the config but not registered yet: a clear error instead of a KeyError. A
-# provider registered in PROVIDERS takes precedence, so registering one is enough.
-PLANNED: dict[str, str] = {}
 
 
 class FeedbackProvider(ABC):
@@ -100,11 +97,6 @@ def get_provider(config: RunConfig) -> FeedbackProvider:
     """The provider named by `config.feedback.provider`, built from the config."""
     name = config.feedback.provider
     if name not in PROVIDERS:
-        if name in PLANNED:
-            raise NotImplementedError(
-                f"feedback.provider={name!r} ({PLANNED[name]}) is not available in this build; "
-                f"available providers: {sorted(PROVIDERS)}"
-            )
         raise ValueError(f"unknown feedback.provider {name!r}; choose one of {sorted(PROVIDERS)}")
     module_name, _, class_name = PROVIDERS[name].partition(":")
     provider_cls = getattr(importlib.import_module(module_name), class_name)

@@ -23,8 +23,8 @@ import numpy as np
 import pandas as pd
 
 from alt_core import store
-from alt_core.config import ConfigError, Method, RunConfig, validate_config
-from alt_core.methods import quantile_token
+from alt_core.config import ConfigError, RunConfig, validate_config
+from alt_core.methods import bucket_namer, method_spec
 from alt_core.store import RunLayout
 
 REPORT_DIR = "report"
@@ -171,15 +171,19 @@ def bucket_labels(config: RunConfig | None, pools: pd.DataFrame) -> dict[int, st
     if pools.empty:
         return {}
     buckets = sorted(int(b) for b in pools["bucket"].dropna().unique())
-    if config is not None and config.method == Method.ALT_RM:
-        phrases = config.datapool.quantile_phrases
-        return {b: phrases[b] if b < len(phrases) else f"bucket {b}" for b in buckets}
-    if config is not None and config.method == Method.QUARK:
-        return {b: quantile_token(b) for b in buckets}
+    if config is not None and method_spec(config).bucket_label == "feedback_text":
+        return {b: _bucket_text(config, b) for b in buckets}
     if "score" in pools and pools["score"].notna().any():
         scores = pools.dropna(subset=["score"]).groupby("bucket")["score"].first()
         return {b: f"score {scores[b]:g}" if b in scores else f"bucket {b}" for b in buckets}
     return {b: f"bucket {b}" for b in buckets}
+
+
+def _bucket_text(config: RunConfig, bucket: int) -> str:
+    try:
+        return bucket_namer(config)(bucket)
+    except IndexError:  # a bucket beyond datapool.quantile_phrases
+        return f"bucket {bucket}"
 
 
 # --------------------------------------------------------------------------- plots

@@ -28,7 +28,7 @@ from typing import Any
 import pandas as pd
 
 from alt_core import store
-from alt_core.config import TEMPLATE_PARSER, Method, RunConfig
+from alt_core.config import RunConfig
 from alt_core.feedback.base import FeedbackProvider, feedback_frame, missing_generations
 from alt_core.feedback.judge import (
     OUTPUT_COLUMNS,
@@ -36,8 +36,10 @@ from alt_core.feedback.judge import (
     JudgeConfigError,
     JudgeTemplate,
     judge_batch,
+    list_templates,
     load_template,
 )
+from alt_core.methods import Method, method_spec
 
 STATS_PREFIX = "judge_"
 # Stats that describe a distribution or a duration: merged by their maximum, not summed.
@@ -52,17 +54,31 @@ def judge_cache_uri(config: RunConfig) -> str:
 
 def check_template(template: JudgeTemplate, method: Method) -> None:
     """Refuse a template whose answers are not the feedback `method` trains on."""
-    want = TEMPLATE_PARSER.get(method)
+    want = method_spec(method).judge_parser
     if want is None:
         raise JudgeConfigError(
             f"method {method.value} trains on a scalar reward; the LLM judge writes textual "
             f"feedback for alt_lmu, alt_lmc or steerlm"
         )
     if template.parser != want:
+        fits = [t for t in list_templates() if load_template(t).parser == want]
         raise JudgeConfigError(
             f"judge template {template.name!r} uses the {template.parser!r} parser but method "
-            f"{method.value} needs {want!r}: set feedback.judge.template to a {want} template"
+            f"{method.value} needs {want!r}: set feedback.judge.template to a {want} template "
+            f"(built-in templates with it: {', '.join(fits) or 'none'}; or a template file "
+            f"with parser: {want})"
         )
+
+
+def check_judge_template(config: RunConfig) -> None:
+    """With provider judge, the template must suit the method (`check_template`). Checked
+    before any work for built-in and local templates (this reads the template file); one
+    in object storage is checked when the provider starts. Raises JudgeConfigError."""
+    if config.feedback.provider != "judge" or method_spec(config).judge_parser is None:
+        return
+    name = config.feedback.judge.template
+    if not store.is_remote(name):
+        check_template(load_template(name), config.method)
 
 
 def best_template_feedback(template_name: str) -> str:

@@ -12,15 +12,16 @@ to end on a CPU with feedback that means something. Its rules, fixed and determi
   far too short (fewer than 4 words), it trails off (does not end a sentence);
   fluency = 2 - number of flaws, at least 0.
 
-What each method gets:
-- ALT_LMU: a feedback sentence of at most 8 words naming the tone and the main flaw or,
-  with none, the strength ("Warm and upbeat, but repeats itself.", "Negative about the
-  staff, and trails off mid-sentence."), and a score 0..3: the band, one lower when the
-  continuation has a flaw;
-- ALT_LMC: the band's category (`feedback.rule_critic.categories`, best first; score =
-  band);
-- SteerLM: attribute values `positive:<band>,fluent:<fluency>` (names configurable;
-  score = band + fluency, 0..5).
+What each method gets, by the judge parser it needs (`judge_parser` in
+`alt_core.methods`), so the critic answers as a judge template of that parser would:
+- ALT_LMU (lmu): a feedback sentence of at most 8 words naming the tone and the main
+  flaw or, with none, the strength ("Warm and upbeat, but repeats itself.", "Negative
+  about the staff, and trails off mid-sentence."), and a score 0..3: the band, one
+  lower when the continuation has a flaw;
+- ALT_LMC (lmc): the band's category (`feedback.rule_critic.categories`, best first;
+  score = band);
+- SteerLM (steerlm): attribute values `positive:<band>,fluent:<fluency>` (names
+  configurable; score = band + fluency, 0..5).
 
 `reward` is the VADER compound itself (the demo's reward), so every method's metrics
 table on the demo reports validation reward on one scale; `score` is what the pool
@@ -34,13 +35,14 @@ import re
 import numpy as np
 import pandas as pd
 
-from alt_core.config import Method, RuleCriticConfig, RunConfig
+from alt_core.config import RuleCriticConfig, RunConfig
 from alt_core.feedback.base import (
     FeedbackProvider,
     feedback_frame,
     missing_generations,
     reason_where,
 )
+from alt_core.methods import JudgeParser, Method, method_spec
 
 # (lowest, highest) of the two SteerLM attributes: sentiment band, fluency.
 ATTRIBUTE_RANGES = ((0, 3), (0, 2))
@@ -118,12 +120,15 @@ class RuleCriticProvider(FeedbackProvider):
     def __init__(self, method: Method, settings: RuleCriticConfig | None = None) -> None:
         from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
-        if method not in (Method.ALT_LMU, Method.ALT_LMC, Method.STEERLM):
+        style = method_spec(method).judge_parser
+        if style is None:
             raise ValueError(
                 f"the rule critic writes textual feedback for alt_lmu, alt_lmc or steerlm, "
                 f"not {method.value}; use feedback.provider=sentiment for reward methods"
             )
         self.method = method
+        # It answers the way a judge template of the method's parser would.
+        self.style: JudgeParser = style
         self.settings = settings or RuleCriticConfig()
         self._analyzer = SentimentIntensityAnalyzer()
         self._aspects = _aspect_pattern()
@@ -182,10 +187,10 @@ class RuleCriticProvider(FeedbackProvider):
     def judge(self, analysis: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
         """(feedback text, score) of each analysed row for the configured method."""
         band = analysis["band"]
-        if self.method == Method.ALT_LMU:
+        if self.style == "lmu":
             score = (band - analysis["flawed"].astype("int64")).clip(lower=0)
             return analysis["sentence"], score
-        if self.method == Method.ALT_LMC:
+        if self.style == "lmc":
             categories = self.settings.categories
             return band.map(lambda b: categories[MAX_BAND - b]).astype(object), band
         positive, fluent = self.settings.attributes
@@ -222,9 +227,10 @@ class RuleCriticProvider(FeedbackProvider):
 def best_feedback(method: Method, settings: RuleCriticConfig) -> str:
     """The critic's best label: its first category (ALT_LMC) or both attributes at their
     highest values (SteerLM)."""
-    if method == Method.ALT_LMC:
+    style = method_spec(method).judge_parser
+    if style == "lmc":
         return settings.categories[0]
-    if method == Method.STEERLM:
+    if style == "steerlm":
         names = settings.attributes
         return ",".join(f"{n}:{hi}" for n, (_, hi) in zip(names, ATTRIBUTE_RANGES, strict=True))
     raise ValueError(f"{method.value} has no fixed best label; its exemplar comes from the pool")
