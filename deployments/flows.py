@@ -16,7 +16,7 @@ from prefect import flow
 
 from alt_core import store
 from alt_core.config import ConfigError, RunConfig
-from alt_core.store import RunLayout
+from alt_core.pipeline.layout import RunLayout
 
 
 def _absolute(run_dir: str) -> str:
@@ -83,7 +83,8 @@ def alt_shard(
         spec: The shard's spec as the iteration flow built it (input and output URIs).
         name: The shard's name in logs, e.g. train-sample-3.
     """
-    from tasks_lib import stages
+    from alt_core.pipeline.dag import shard_node
+    from tasks_lib.stages import TASKS
 
-    stage = {"sample": stages.sample_shard, "feedback": stages.feedback_shard}[kind]
-    return stage(config, spec, name)
+    node = shard_node(config, kind, spec, name)
+    return TASKS[node.stage](config, node).model_dump()

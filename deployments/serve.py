@@ -18,7 +18,7 @@ shards to GPU workers on other hosts (`deployments.shards`).
 `alt serve` runs flow runs as subprocesses of this one. GPU stages of concurrent runs
 then share the host through a Prefect global concurrency limit: on a GPU host it is
 created (or resized) to the GPU count and named in ALT_GPU_LIMIT for the flow runs
-(see `tasks_lib.common`).
+(see `alt_core.runtime.slots`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import os
 from typing import Any
 
 from alt_core.config import load_config
-from alt_core.runtime.launcher import cuda_device_count
+from alt_core.runtime.slots import cuda_device_count
 from deployments.setup import default_limit_name, default_slots, ensure_gpu_limit
 
 RUN = "alt-run"
@@ -87,7 +87,7 @@ def configure_gpu_limit(name: str | None = None, slots: int | None = None) -> st
     """Pick, create and export (ALT_GPU_LIMIT) the limit the served runs' GPU stages use:
     the name given, else the one already in ALT_GPU_LIMIT, else one per host on a GPU
     host. On a CPU-only host with none named, stages keep process-local slots."""
-    from tasks_lib.common import GPU_LIMIT_ENV
+    from alt_core.runtime.env import GPU_LIMIT_ENV
 
     name = name or os.environ.get(GPU_LIMIT_ENV) or None
     if name is None and cuda_device_count():

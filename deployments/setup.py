@@ -15,7 +15,7 @@ import argparse
 import socket
 import sys
 
-from alt_core.runtime.launcher import cuda_device_count
+from alt_core.runtime.slots import cuda_device_count
 
 DEFAULT_POOL = "alt-gpu"
 

@@ -32,8 +32,8 @@ from alt_core.config import (
     load_config,
     validate_config,
 )
+from alt_core.pipeline.layout import RunLayout
 from alt_core.runtime.faults import claim_run_group
-from alt_core.store import RunLayout
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -9,8 +9,8 @@ from prefect.artifacts import create_table_artifact
 
 from alt_core import store
 from alt_core.config import RunConfig
+from alt_core.pipeline.layout import RunLayout
 from alt_core.report.html import format_cell
-from alt_core.store import RunLayout
 from flows.iteration import alt_iteration, evaluate_policy
 from tasks_lib import stages
 from tasks_lib.common import artifact_key
@@ -51,10 +51,7 @@ def alt_run(config: RunConfig, run_dir: str) -> list[dict[str, Any]]:
     inputs = stages.prepare_run(config, run_dir)
     rows: list[dict[str, Any]] = []
     if config.evaluation.evaluate_initial:
-        initial = {
-            "iteration": 0,
-            **evaluate_policy(config, run_dir, 0, inputs["policy_uri"], inputs),
-        }
+        initial = {"iteration": 0, **evaluate_policy(config, run_dir, 0, inputs)}
         publish_iteration(config, run_dir, 0, initial)
         rows.append(initial)
     for k in range(1, config.iterations + 1):

@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 from alt_core.config import RunConfig, load_config
+from alt_core.runtime import slots as common
 from deployments import serve
 from deployments.setup import DEFAULT_POOL, ensure_gpu_limit
-from tasks_lib import common
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from alt_core import store
 from alt_core.config import RunConfig
-from alt_core.store import RunLayout
+from alt_core.pipeline.layout import RunLayout
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -20,10 +20,10 @@ from alt_core.feedback.judge.provider import (
     merge_shard_stats,
 )
 from alt_core.methods import condition_prompts
-from alt_core.pipeline import fingerprints
-from alt_core.pipeline import stages as pipeline
+from alt_core.pipeline import dag
+from alt_core.pipeline import dag as pipeline
+from alt_core.pipeline.layout import RunLayout
 from alt_core.schemas import POOL
-from alt_core.store import RunLayout
 
 JUDGE_METHODS = ["alt_lmu", "alt_lmc", "steerlm"]
 
@@ -423,12 +423,21 @@ def test_merge_shard_stats():
 # --- fingerprints --------------------------------------------------------------------------
 
 
+def feedback_fingerprint(config: RunConfig, samples_uri: str) -> str:
+    """The fingerprint the DAG gives the feedback shard of `samples_uri`."""
+    spec = {
+        "input_uri": samples_uri,
+        "output_uri": "/runs/x/iter_001/train_feedback/shard_000.parquet",
+    }
+    return dag.shard_node(config, "feedback", spec, "feedback-0").fingerprint(config)
+
+
 def test_feedback_fingerprint_follows_what_the_judge_is_asked_not_how_fast():
     def fp(*extra: str) -> str:
         config = load_config(
             "demo", overrides=["method=alt_lmu", "feedback.provider=judge", *extra]
         )
-        return fingerprints.feedback_fingerprint(config, "/runs/x/samples.parquet")
+        return feedback_fingerprint(config, "/runs/x/samples.parquet")
 
     ref = fp()
     for changed in (
@@ -451,7 +460,7 @@ def test_feedback_fingerprint_follows_what_the_judge_is_asked_not_how_fast():
 
 def test_rule_critic_fingerprint_depends_on_the_method():
     fps = {
-        m: fingerprints.feedback_fingerprint(load_config("demo", overrides=[f"method={m}"]), "/s")
+        m: feedback_fingerprint(load_config("demo", overrides=[f"method={m}"]), "/s")
         for m in JUDGE_METHODS
     }
     assert len(set(fps.values())) == 3

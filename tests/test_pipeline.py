@@ -7,7 +7,8 @@ import pytest
 
 from alt_core import methods
 from alt_core.config import RunConfig
-from alt_core.pipeline import stages as pipeline
+from alt_core.pipeline import dag as pipeline
+from alt_core.pipeline.layout import RunLayout
 
 
 def test_shard_bounds_cover_rows_contiguously():
@@ -52,7 +53,7 @@ def test_judge_prefix_default():
 
 def test_first_iteration_samples_raw_prompts(tmp_path):
     config = RunConfig()
-    layout = pipeline.RunLayout(str(tmp_path))
+    layout = RunLayout(str(tmp_path))
     assert pipeline.exemplar_for(config, layout, 1) is None
     assert pipeline.exemplar_for(config, layout, 2) == "Excellent."
     assert pipeline.eval_exemplar(config, layout, 0) is None

@@ -37,7 +37,7 @@ import httpx
 import pytest
 
 from alt_core import store
-from alt_core.store import RunLayout
+from alt_core.pipeline.layout import RunLayout
 from deployments.setup import DEFAULT_POOL
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import threading
 
-from alt_core.runtime.progress import ProgressLog
-from tasks_lib.common import progress_fraction
+from alt_core.runtime.progress import ProgressLog, progress_fraction
 
 
 def test_prints_about_ten_lines_and_always_the_last():

@@ -18,10 +18,10 @@ import pytest
 
 from alt_core import store
 from alt_core.config import RunConfig, dump_config
+from alt_core.pipeline.layout import RunLayout
 from alt_core.report import plots
 from alt_core.report.html import load_run, make_plots, write_report
 from alt_core.schemas import EVAL, FEEDBACK, POOL
-from alt_core.store import RunLayout
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 NASTY = "<script>alert('x')</script> & <b>bold</b>"

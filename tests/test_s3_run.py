@@ -13,7 +13,7 @@ import yaml
 from test_flow_integration import tiny_run_config
 
 from alt_core import store
-from alt_core.store import RunLayout
+from alt_core.pipeline.layout import RunLayout
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 from alt_core import store
-from alt_core.runtime.launcher import WorkerError, run_worker
+from alt_core.config import RunConfig
+from alt_core.runtime.launcher import WorkerError, run_job
 from alt_core.runtime.progress import ProgressLog
 from alt_core.sampling import (
     EngineSettings,
@@ -55,6 +56,9 @@ def test_truncation_keeps_the_conditioning_prefix(tiny_model_dir):
     assert whole == tok(query, add_special_tokens=False)["input_ids"]
 
 
+ENGINE = EngineSettings.from_config(RunConfig(sampling={"max_num_seqs": 256}))
+
+
 def _spec(tmp_path, model_dir, n_prompts, prompt, **params) -> SampleSpec:
     prompts = pd.DataFrame({"prompt_id": range(n_prompts), "prompt": [prompt] * n_prompts})
     prompts["query"] = prompts["prompt"]
@@ -67,7 +71,7 @@ def _spec(tmp_path, model_dir, n_prompts, prompt, **params) -> SampleSpec:
         stop=n_prompts,
         seed=3,
         params=GenerationParams(**params),
-        engine=EngineSettings(max_num_seqs=256),
+        engine=ENGINE,
     )
 
 
@@ -81,9 +85,8 @@ def test_vllm_shard_with_long_seeded_prompts(tmp_path, tiny_model_dir):
         n=4, temperature=0.9, top_p=0.9, max_new_tokens=8, max_prompt_tokens=64,
     )  # fmt: skip
     lines: list[str] = []
-    result = run_worker(
-        ["alt_core.runtime.entry", "sample"], spec.to_dict(), name="s", log=lines.append
-    )
+    env = ENGINE.process_env()
+    result = run_job("sample", spec, name="s", env=env, log=lines.append)
     df = store.read_table(spec.output_uri)
     assert result["rows"] == len(df) == 1024
     # vLLM's finished requests drive the shard's progress lines.
@@ -91,9 +94,9 @@ def test_vllm_shard_with_long_seeded_prompts(tmp_path, tiny_model_dir):
     assert progress[-1] == "256/256 prompts" and len(progress) <= 10, progress
     assert (df["num_tokens"] <= 8).all() and df["truncated"].any()
     # Seeds per prompt row: the same shard again gives the same samples.
-    again = spec.to_dict() | {"output_uri": str(tmp_path / "again.parquet")}
-    run_worker(["alt_core.runtime.entry", "sample"], again, name="s", log=lambda _: None)
-    pd.testing.assert_frame_equal(df, store.read_table(again["output_uri"]))
+    again = spec.model_copy(update={"output_uri": str(tmp_path / "again.parquet")})
+    run_job("sample", again, name="s", env=env, log=lambda _: None)
+    pd.testing.assert_frame_equal(df, store.read_table(again.output_uri))
 
 
 def test_vllm_progress_bar_counts_finished_requests_only():
@@ -122,11 +125,8 @@ def test_worker_failure_names_the_cause(tmp_path):
         start=0,
         stop=1,
         seed=0,
+        params=GenerationParams(),
+        engine=ENGINE,
     )
     with pytest.raises(WorkerError, match=r"(?s)sample-0 failed \(exit code 1\).*not committed"):
-        run_worker(
-            ["alt_core.runtime.entry", "sample"],
-            spec.to_dict(),
-            name="sample-0",
-            log=lambda _: None,
-        )
+        run_job("sample", spec, name="sample-0", log=lambda _: None)

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from alt_core import store
+from alt_core.pipeline.layout import RunLayout
 
 
 def test_table_roundtrip_and_commit(tmp_path):
@@ -55,7 +56,7 @@ def test_dir_commit_and_local_copy(tmp_path):
 
 
 def test_layout_paths_are_deterministic():
-    layout = store.RunLayout("s3://b/run/")
+    layout = RunLayout("s3://b/run/")
     assert (
         layout.shard(2, "train_samples", 1) == "s3://b/run/iter_002/train_samples/shard_001.parquet"
     )

@@ -21,7 +21,7 @@ import pytest
 import s3fs
 
 from alt_core import store
-from alt_core.store import RunLayout
+from alt_core.pipeline.layout import RunLayout
 
 pytestmark = pytest.mark.integration
 # The `s3_server` and `s3_run_root` fixtures (a no-op once conftest registers them too).

@@ -334,12 +334,12 @@ def test_single_process_env_only_when_no_launcher():
 def test_worker_command_uses_accelerate_for_several_processes(tmp_path):
     spec = TrainSpec(policy_path="/p", train_table="t", output_dir="o", training={"kl_coef": 0})
     single = worker_command(spec, tmp_path / "s.json")
-    assert single[1:3] == ["-m", "alt_core.training.worker"]
+    assert single[1:3] == ["-m", "alt_core.runtime.entry"]
     spec.training.num_processes = 2
     multi = worker_command(spec, tmp_path / "s.json")
     assert multi[1:3] == ["-m", "accelerate.commands.launch"]
     assert multi[multi.index("--num_processes") + 1] == "2"
-    assert multi[-3:] == ["-m", "alt_core.training.worker", str(tmp_path / "s.json")]
+    assert multi[-3:] == ["-m", "alt_core.runtime.entry", str(tmp_path / "s.json")]
 
 
 # ----------------------------------------------------------------- real DeepSpeed

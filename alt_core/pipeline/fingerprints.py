@@ -1,93 +1,117 @@
 """Stage fingerprints: what makes a committed output still valid.
 
-A stage's fingerprint hashes the configuration fields that affect it and the content
-of its inputs (their commit hashes). A committed output whose fingerprint matches is
-reused; one whose fingerprint differs is stale and redone, and so, through their inputs'
-changed content, is everything downstream of it. Nothing depends on a flow-run id, so a
-retry from the Prefect UI, `alt resume` and a new flow run over the same folder agree.
+A stage's fingerprint hashes the config sections the DAG declares it depends on
+(`alt_core.pipeline.dag`), the values its planner resolved from them (shard bounds,
+seeds, generation parameters, the exemplar), and the content of its inputs (their commit
+hashes). A committed output whose fingerprint matches is reused; one whose fingerprint
+differs is stale and redone, and so, through their inputs' changed content, is
+everything downstream of it. Nothing depends on a flow-run id, so a retry from the
+Prefect UI, `alt resume` and a new flow run over the same folder agree.
+
+Safe by default: a stage hashes WHOLE sections, so a new config field invalidates every
+stage whose sections hold it, unless it is named below as throughput-only. The one rule
+serves the stage fingerprints and the training's own resume key.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
-from typing import Literal
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
 
 from alt_core import store
-from alt_core.config import RunConfig
-from alt_core.config.judge import ANSWER_FIELDS
 
-# Fields that change a stage's output. Throughput knobs (concurrency, batch sizes that
-# do not change results, engine memory) are deliberately absent.
-STAGE_FIELDS: dict[str, tuple[str, ...]] = {
-    "prompts": (
-        "seed",
-        "method",
-        "data.source",
-        "data.prompts_per_iteration",
-        "data.prompt_column",
-        "datapool.quantile_phrases",
-        "datapool.feedback_prefix",
-        "datapool.prompt_prefix",
-        "datapool.num_quantiles",
-    ),
-    "eval_prompts": (
-        "method",
-        "data.num_valid_prompts",
-        "datapool.quantile_phrases",
-        "datapool.feedback_prefix",
-        "datapool.prompt_prefix",
-        "datapool.num_quantiles",
-    ),
-    "sample": (
-        "seed",
-        "sampling.backend",
-        "sampling.num_generations",
-        "sampling.temperature",
-        "sampling.top_p",
-        "sampling.max_new_tokens",
-        "sampling.num_shards",
-        "model.dtype",
-        "data.max_prompt_tokens",
-        "evaluation.max_new_tokens",
-    ),
-    # The judge's endpoint, key, concurrency, rate limits, retries and cache location
-    # are left out: they change how fast and where answers come, not what they say.
-    # `method` is in because the rule critic answers each method differently.
-    "feedback": (
-        "method",
-        "feedback.provider",
-        "feedback.reward_model",
-        "feedback.max_length",
-        "feedback.judge.model",
-        "feedback.judge.template",
-        *(f"feedback.judge.{name}" for name in ANSWER_FIELDS),
-        "feedback.rule_critic",
-    ),
-    "datapool": ("seed", "method", "datapool"),
-    "train": (
-        "seed",
-        "method",
-        "datapool.num_quantiles",
-        "training.learning_rate",
-        "training.weight_decay",
-        "training.epochs",
-        "training.per_device_batch_size",
-        "training.gradient_accumulation_steps",
-        "training.warmup_ratio",
-        "training.max_grad_norm",
-        "training.kl_coef",
-        "training.entropy_coef",
-        "training.unfrozen_layers_ratio",
-        "training.zero_stage",
-        "training.mixed_precision",
-        "training.num_processes",
-        "training.max_seq_len",
-    ),
-    "perplexity": ("data.max_prompt_tokens",),
-}
+# Fields that change how fast, where or how robustly a stage runs, never what it
+# commits. Every other field of a section a stage depends on is in its fingerprint.
+THROUGHPUT_ONLY: tuple[str, ...] = (
+    # The run's name and length: iteration k's outputs do not depend on either.
+    "name",
+    "iterations",
+    # Engine placement and memory: how many shards run at once, on how many devices,
+    # with how much KV cache and CUDA-graph warm-up. vLLM's outputs for a seeded request
+    # do not depend on them.
+    "sampling.concurrency",
+    "sampling.tensor_parallel_size",
+    "sampling.gpu_memory_utilization",
+    "sampling.cpu_kvcache_gib",
+    "sampling.enforce_eager",
+    "sampling.max_num_seqs",
+    # Reward-model and perplexity batch sizes (rows are scored independently), feedback
+    # shards at once.
+    "feedback.batch_size",
+    "feedback.concurrency",
+    "evaluation.batch_size",
+    # Where the judge answers from, how fast and how patiently; where answers are cached.
+    # What it answers is decided by the model, the template and the answer settings.
+    "feedback.judge.base_url",
+    "feedback.judge.max_concurrency",
+    "feedback.judge.requests_per_minute",
+    "feedback.judge.tokens_per_minute",
+    "feedback.judge.timeout_s",
+    "feedback.judge.max_retries",
+    "feedback.judge.backoff_base_s",
+    "feedback.judge.backoff_max_s",
+    "feedback.judge.max_retry_after_s",
+    "feedback.judge.api_key_env",
+    "feedback.judge.api_key_secret_block",
+    "feedback.judge.cache_unparsed",
+    "feedback.judge.cache_flush_every",
+    "feedback.judge_cache",
+    # How often training state is saved and kept, how often a step line is printed, and
+    # which experiment trackers listen: switching one on must not discard a training.
+    "training.checkpoint_every",
+    "training.keep_checkpoints",
+    "training.log_every",
+    "training.report_to",
+    # Which iterations are evaluated, not what an evaluation finds.
+    "evaluation.evaluate_initial",
+    # Where artifacts are cached and copied; their content hashes are the inputs.
+    "storage",
+)
 
 State = Literal["committed", "stale", "missing"]
+
+
+def _drop(tree: dict[str, Any], dotted: str) -> None:
+    *parents, leaf = dotted.split(".")
+    node: Any = tree
+    for part in parents:
+        node = node.get(part) if isinstance(node, dict) else None
+        if node is None:
+            return
+    if isinstance(node, dict):
+        node.pop(leaf, None)
+
+
+def _pick(tree: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = tree
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def config_identity(
+    config: Any, sections: Iterable[str], ignore: Iterable[str] = ()
+) -> dict[str, Any]:
+    """The named config sections (dotted paths), less the throughput-only fields and the
+    stage's own `ignore` list: what a stage's fingerprint hashes of the config."""
+    dumped = config.model_dump(mode="json") if hasattr(config, "model_dump") else dict(config)
+    picked = {s: copy.deepcopy(_pick(dumped, s)) for s in sections}
+    for dotted in (*THROUGHPUT_ONLY, *ignore):
+        for section in picked:
+            if dotted == section:
+                picked[section] = "<throughput-only>"
+            elif dotted.startswith(f"{section}.") and isinstance(picked[section], dict):
+                _drop(picked[section], dotted[len(section) + 1 :])
+    return picked
+
+
+def training_identity(training: Any) -> dict[str, Any]:
+    """The training section as the train stage's fingerprint and the training's resume
+    key both see it (the same rule: the whole section less its throughput-only fields)."""
+    return config_identity({"training": training.model_dump(mode="json")}, ["training"])["training"]
 
 
 def content_id(uri: str) -> str:
@@ -95,7 +119,7 @@ def content_id(uri: str) -> str:
     name, a plain local checkpoint) stand for themselves."""
     info = store.commit_info(uri)
     if info is not None:
-        return info["sha256"]
+        return str(info["sha256"])
     if store.dir_committed(uri):
         manifest = store.read_json(store.join(uri, store.DIR_COMMIT))
         blob = json.dumps(manifest["files"], sort_keys=True).encode()
@@ -103,14 +127,21 @@ def content_id(uri: str) -> str:
     return f"ref:{uri}"
 
 
-def fingerprint(config: RunConfig, stage: str, inputs: list[str], **extra: object) -> str:
-    blob = {
-        "stage": stage,
-        "config": config.section_hash(*STAGE_FIELDS[stage]),
-        "inputs": [content_id(u) for u in inputs],
-        "extra": extra,
-    }
+def digest(blob: Any) -> str:
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def fingerprint(
+    stage: str, config_part: Mapping[str, Any], inputs: Iterable[str], extra: Mapping[str, Any]
+) -> str:
+    return digest(
+        {
+            "stage": stage,
+            "config": config_part,
+            "inputs": [content_id(u) for u in inputs],
+            "extra": dict(extra),
+        }
+    )
 
 
 def recorded_fingerprint(uri: str) -> str | None:
@@ -122,72 +153,13 @@ def recorded_fingerprint(uri: str) -> str | None:
     return None
 
 
+def present(uri: str) -> bool:
+    return store.is_committed(uri) or store.dir_committed(uri)
+
+
 def state(uri: str, expected: str) -> State:
     """A table counts as committed only if its bytes still match the commit hash, so a
     corrupted output is redone rather than trained on."""
     if not (store.is_committed(uri, verify=True) or store.dir_committed(uri)):
         return "missing"
     return "committed" if recorded_fingerprint(uri) == expected else "stale"
-
-
-def is_current(uri: str, expected: str) -> bool:
-    return state(uri, expected) == "committed"
-
-
-# The fingerprint of each stage, computed the same way by the tasks that run it and by
-# `alt status`, which reports what a rerun would reuse, redo or do for the first time.
-
-
-def sample_fingerprint(config: RunConfig, spec: dict) -> str:
-    return fingerprint(
-        config,
-        "sample",
-        [spec["prompts_uri"], spec["model_path"]],
-        start=spec["start"],
-        stop=spec["stop"],
-        seed=spec["seed"],
-        params=spec["params"],
-    )
-
-
-def feedback_fingerprint(config: RunConfig, samples_uri: str) -> str:
-    if config.feedback.provider != "judge":
-        return fingerprint(config, "feedback", [samples_uri])
-    # A template is named in the config but its text may change under the same name
-    # (an edited file): its content hash decides, as it does for the judge's cache.
-    from alt_core.feedback.judge import load_template
-
-    template_hash = load_template(config.feedback.judge.template).content_hash
-    return fingerprint(config, "feedback", [samples_uri], template=template_hash)
-
-
-def datapool_fingerprint(
-    config: RunConfig, feedback_uris: list[str], previous_pool: list[str]
-) -> str:
-    return fingerprint(config, "datapool", [*feedback_uris, *previous_pool])
-
-
-def train_fingerprint(config: RunConfig, train_uri: str, policy_in: str, reference: str) -> str:
-    return fingerprint(config, "train", [train_uri, policy_in, reference])
-
-
-def join_fingerprint(config: RunConfig, feedback_uris: list[str]) -> str:
-    return fingerprint(config, "perplexity", feedback_uris, join=True)
-
-
-def perplexity_fingerprint(config: RunConfig, scored_uri: str, reference: str) -> str:
-    return fingerprint(config, "perplexity", [scored_uri, reference])
-
-
-def prompts_fingerprint(
-    config: RunConfig, train_prompts_uri: str, iteration: int, exemplar: str | None
-) -> str:
-    return fingerprint(
-        config, "prompts", [train_prompts_uri], iteration=iteration, exemplar=exemplar
-    )
-
-
-def eval_prompts_fingerprint(
-    config: RunConfig, valid_prompts_uri: str, exemplar: str | None
-) -> str:
-    return fingerprint(config, "eval_prompts", [valid_prompts_uri], exemplar=exemplar)

@@ -1,259 +1,424 @@
-"""The stages of one ALT iteration as plain functions over URIs.
+"""One function per stage: the body that turns a planned `Node` into committed outputs.
 
-Each function reads committed inputs, writes committed outputs at the deterministic
-paths of `RunLayout`, and returns their URIs. Nothing here knows about Prefect: the
-tasks in `tasks_lib` wrap these functions, and tests can call them directly.
-
-Seeds: every stage derives its own seed from the run seed, the iteration and a stage
-salt, so a rerun of a stage draws exactly what the first run drew.
+`run_node` is the one entry point the Prefect tasks call: it reuses outputs already
+committed with the node's fingerprint (a retry, `alt resume` or a new flow run over the
+same folder redo only what is missing or stale) and otherwise runs the stage's body.
+Bodies that need a device or an engine (sampling, a reward model, perplexity, training)
+run their work as a job in a child process through `alt_core.runtime.launcher`, in a
+device slot of `alt_core.runtime.slots`; the rest run in this process. Nothing here
+knows about Prefect: the orchestrator passes logging and progress hooks in a `StageEnv`,
+and unit tests call the bodies directly.
 """
 
 from __future__ import annotations
 
-import zlib
+import hashlib
+import os
+import shutil
+import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from alt_core import store
-from alt_core.config import RunConfig
-from alt_core.methods import condition_prompts, default_exemplar, quantile_tokens, uses_judge
-from alt_core.runtime.faults import crash_if
-from alt_core.sampling import EngineSettings, GenerationParams, SampleSpec
+from alt_core import methods, store
+from alt_core.config import RunConfig, dump_config
+from alt_core.pipeline import fingerprints as fps
+from alt_core.pipeline.dag import Node
+from alt_core.pipeline.layout import RunInputs, RunLayout
+from alt_core.pipeline.specs import (
+    DatapoolSpec,
+    FeedbackSpec,
+    JoinSpec,
+    PerplexitySpec,
+    PromptsSpec,
+    StageResult,
+    TrainStageSpec,
+)
+from alt_core.runtime.faults import crash_if, shard_point
+from alt_core.runtime.launcher import run_job
+from alt_core.runtime.progress import artifact_key, progress_fraction
+from alt_core.runtime.slots import slot_pool
+from alt_core.sampling.spec import SampleSpec
 from alt_core.schemas import EVAL, PROMPTS
-from alt_core.store import RunLayout
+
+Update = Callable[[float], None]
+# Feedback providers that load a model and so run in a process and device slot of their own.
+DEVICE_PROVIDERS = {"reward_model"}
 
 
-def stage_seed(config: RunConfig, iteration: int, stage: str) -> int:
-    return (config.seed * 1_000_003 + iteration * 7_919 + zlib.crc32(stage.encode())) % 2**31
+def _no_progress(_key: str, _description: str) -> Update:
+    return lambda _pct: None
 
 
-@dataclass
-class RunInputs:
-    """Where a run's starting points live (resolved once, before iteration 1)."""
+@dataclass(frozen=True)
+class StageEnv:
+    """What the orchestrator lends a stage: where its lines go, and a factory of progress
+    bars (key, description) -> update(percent)."""
 
-    policy_uri: str
-    reference_uri: str
-    train_prompts_uri: str
-    valid_prompts_uri: str
+    log: Callable[[str], None] = print
+    warn: Callable[[str], None] = print
+    progress: Callable[[str, str], Update] = _no_progress
 
-    def to_dict(self) -> dict[str, str]:
-        return dict(self.__dict__)
+    def job_log(self, name: str, update: Update | None = None) -> Callable[[str], None]:
+        """A job's lines, tagged with its name; its progress lines move `update`."""
+
+        def emit(line: str) -> None:
+            self.log(f"[{name}] {line}")
+            pct = progress_fraction(line)
+            if update is not None and pct is not None:
+                update(pct)
+
+        return emit
 
 
-def shard_bounds(num_rows: int, num_shards: int) -> list[tuple[int, int]]:
-    """Contiguous [start, stop) ranges; the first `num_rows % num_shards` get one more."""
-    if num_rows <= 0:
-        raise ValueError("cannot shard an empty prompt set")
-    if num_shards > num_rows:
-        raise ValueError(
-            f"{num_shards} shards for {num_rows} prompts: lower sampling.num_shards / "
-            f"feedback.num_shards to at most {num_rows}"
+# ---------------------------------------------------------------------- the entry point
+
+
+def run_node(config: RunConfig, node: Node, env: StageEnv | None = None) -> StageResult:
+    """Reuse the node's committed outputs when their fingerprint matches; else run it."""
+    env = env or StageEnv()
+    fp = node.fingerprint(config)
+    states = [fps.state(uri, fp) for uri in node.outputs]
+    if all(s == "committed" for s in states):
+        reused = REUSED.get(node.stage)
+        stats = reused(node) if reused else {}
+        return StageResult(stage=node.stage, outputs=node.outputs, skipped=True, stats=stats)
+    if "stale" in states:
+        env.warn(f"{node.name}: settings or inputs changed since it was committed; redoing it")
+    stats = BODIES[node.stage](config, node, fp, env)
+    return StageResult(stage=node.stage, outputs=node.outputs, stats=stats)
+
+
+def resolve_model(uri: str, config: RunConfig) -> str:
+    """A path the engines can load: committed store folders are made local, anything
+    else (a hub name, a plain local checkpoint) is passed through."""
+    if store.dir_committed(uri):
+        return str(store.local_dir(uri, config.storage.local_scratch))
+    return uri
+
+
+# ---------------------------------------------------------------------- before iteration 1
+
+
+def prepare_run(config: RunConfig, run_dir: str, log: Callable[[str], None] = print) -> RunInputs:
+    """Check the files the config names, record the config, and resolve the starting model
+    and prompt sets (run-level, once). A config that arrived as flow parameters (the
+    Prefect UI, a deployment) is checked here as `load_config` checks one from a file."""
+    from alt_core.config import check_config_files
+
+    check_config_files(config)
+    layout = RunLayout(run_dir)
+    text = dump_config(config).encode()
+    if not store.exists(layout.config) or store.read_bytes(layout.config) != text:
+        store.write_bytes_atomic(layout.config, text)
+    if config.data.source == "demo":
+        from alt_core.tasks.demo.assets import ensure_demo_assets
+
+        assets = ensure_demo_assets(
+            config.storage.cache_dir,
+            config.data.demo_num_train,
+            config.data.demo_num_valid,
+            seed=0,
+            log=log,
         )
-    base, extra = divmod(num_rows, num_shards)
-    bounds, start = [], 0
-    for i in range(num_shards):
-        stop = start + base + (1 if i < extra else 0)
-        bounds.append((start, stop))
-        start = stop
-    return bounds
+        policy = reference = assets.model_uri
+        train_uri, valid_uri = assets.train_prompts_uri, assets.valid_prompts_uri
+        if config.data.num_valid_prompts:
+            valid = store.read_table(valid_uri).head(config.data.num_valid_prompts)
+            valid_uri = store.join(run_dir, "data", "valid_prompts.parquet")
+            if not store.is_committed(valid_uri):
+                store.write_table(valid_uri, valid)
+    else:
+        from alt_core.data import load_prompts
+
+        uris = {}
+        for split in ("train", "valid"):
+            uri = store.join(run_dir, "data", f"{split}_prompts.parquet")
+            if not store.is_committed(uri):
+                store.write_table(uri, load_prompts(config, split))
+            uris[split] = uri
+        policy, reference = config.model.policy, config.model.reference or config.model.policy
+        train_uri, valid_uri = uris["train"], uris["valid"]
+    inputs = RunInputs(
+        policy_uri=policy,
+        reference_uri=reference,
+        train_prompts_uri=train_uri,
+        valid_prompts_uri=valid_uri,
+    )
+    store.write_json(layout.inputs, inputs.model_dump())
+    return inputs
 
 
-def exemplar_for(config: RunConfig, layout: RunLayout, iteration: int) -> str | None:
-    """Exemplar feedback for sampling in `iteration` (None: the raw prompt).
-
-    Iteration 1 samples from the initial policy with the raw prompt; later iterations
-    condition on the feedback that names the behaviour we want. For judge methods it is
-    chosen from the previous iteration's pool (see `alt_core.datapool.choose_exemplar`).
-    """
-    if iteration <= 1:
-        return None
-    if not uses_judge(config):
-        return default_exemplar(config)
-    from alt_core.datapool import choose_exemplar
-
-    pool = store.read_table(layout.table(iteration - 1, "datapool", "pool"))
-    return choose_exemplar(pool, config)
-
-
-def eval_exemplar(config: RunConfig, layout: RunLayout, iteration: int) -> str | None:
-    """Validation is conditioned like the next iteration's sampling; the initial
-    policy (iteration 0) has never seen feedback, so it gets the raw prompt."""
-    return None if iteration == 0 else exemplar_for(config, layout, iteration + 1)
+# ---------------------------------------------------------------------- the bodies
 
 
 def write_prompts(
     config: RunConfig, prompts: pd.DataFrame, exemplar: str | None, uri: str, fingerprint: str
 ) -> str:
     df = prompts[["prompt_id", "prompt"]].reset_index(drop=True).copy()
-    df["query"] = condition_prompts(config, df["prompt"], exemplar)
+    df["query"] = methods.condition_prompts(config, df["prompt"], exemplar)
     return store.write_table(
         uri, df[PROMPTS], meta={"exemplar": exemplar, "fingerprint": fingerprint}
     )
 
 
-def draw_iteration_prompts(
-    config: RunConfig,
-    inputs: RunInputs,
-    iteration: int,
-    exemplar: str | None,
-    uri: str,
-    fingerprint: str,
-) -> str:
-    from alt_core.data import draw_prompts
+def prompts(config: RunConfig, node: Node, fp: str, env: StageEnv) -> dict[str, Any]:
+    """Draw the iteration's prompts (or take all validation prompts) and condition them."""
+    spec = _spec(node, PromptsSpec)
+    table = store.read_table(spec.source_uri)
+    if spec.draw is not None:
+        from alt_core.data import draw_prompts
 
-    train = store.read_table(inputs.train_prompts_uri)
-    drawn = draw_prompts(
-        train, config.data.prompts_per_iteration, stage_seed(config, iteration, "prompts")
-    )
-    return write_prompts(config, drawn, exemplar, uri, fingerprint)
+        table = draw_prompts(table, spec.draw, spec.seed)
+    write_prompts(config, table, spec.exemplar, spec.output_uri, fp)
+    return {"rows": len(table)}
 
 
-def sample_specs(
-    config: RunConfig,
-    prompts_uri: str,
-    model_path: str,
-    out_uri: Callable[[int], str],
-    *,
-    seed: int,
-    greedy: bool,
-    num_rows: int,
-) -> list[SampleSpec]:
+def sample(config: RunConfig, node: Node, fp: str, env: StageEnv) -> dict[str, Any]:
+    """Generate one shard in its own process, in a device slot of its own."""
+    spec = _spec(node, SampleSpec)
     s = config.sampling
-    params = GenerationParams(
-        n=1 if greedy else s.num_generations,
-        temperature=0.0 if greedy else s.temperature,
-        top_p=1.0 if greedy else s.top_p,
-        max_new_tokens=(config.evaluation.max_new_tokens or s.max_new_tokens)
-        if greedy
-        else s.max_new_tokens,
-        max_prompt_tokens=config.data.max_prompt_tokens,
+    spec = spec.model_copy(
+        update={"model_path": resolve_model(spec.model_path, config), "fingerprint": fp}
     )
-    engine = EngineSettings(
-        tensor_parallel_size=s.tensor_parallel_size,
-        gpu_memory_utilization=s.gpu_memory_utilization,
-        cpu_kvcache_gib=s.cpu_kvcache_gib,
-        enforce_eager=s.enforce_eager,
-        max_num_seqs=s.max_num_seqs,
-        dtype=config.model.dtype,
-        trust_remote_code=config.model.trust_remote_code,
-    )
-    shards = shard_bounds(num_rows, min(s.num_shards, num_rows) if greedy else s.num_shards)
-    return [
-        SampleSpec(
-            model_path=model_path,
-            prompts_uri=prompts_uri,
-            output_uri=out_uri(i),
-            start=start,
-            stop=stop,
-            seed=seed,
-            params=params,
-            engine=engine,
-            backend=s.backend,
+    pool = slot_pool("sample", s.concurrency, s.tensor_parallel_size)
+    update = env.progress(artifact_key(node.name), node.name)
+    with pool.slot() as slot:
+        result = run_job(
+            "sample",
+            spec,
+            name=node.name,
+            env={**slot.env, **spec.engine.process_env()},
+            num_threads=slot.num_threads,
+            log=env.job_log(node.name, update),
         )
-        for i, (start, stop) in enumerate(shards)
-    ]
+    update(100.0)
+    env.log(f"{node.name}: {result}")
+    return result
 
 
-def feedback_specs(
-    config: RunConfig, sample_uris: list[str], out_uri: Callable[[int], str]
-) -> list[dict[str, Any]]:
-    """One feedback shard per sampling shard: each starts as soon as its samples are
-    committed, so feedback overlaps with the sampling of the other shards."""
-    cfg = config.model_dump(mode="json")
-    return [
-        {"config": cfg, "input_uri": uri, "output_uri": out_uri(i)}
-        for i, uri in enumerate(sample_uris)
-    ]
+def feedback(config: RunConfig, node: Node, fp: str, env: StageEnv) -> dict[str, Any]:
+    """Score one samples shard: a reward model in its own process and device slot; a
+    lexicon scorer or a remote judge, which need no device, in this process."""
+    spec = _spec(node, FeedbackSpec).model_copy(update={"fingerprint": fp})
+    update = env.progress(artifact_key(node.name), node.name)
+    log = env.job_log(node.name, update)
+    if config.feedback.provider in DEVICE_PROVIDERS:
+        with slot_pool("feedback", config.feedback.concurrency).slot() as slot:
+            result = run_job(
+                "feedback", spec, name=node.name, env=slot.env,
+                num_threads=slot.num_threads, log=log,
+            )  # fmt: skip
+    else:
+        # No device, so no slot: the task runner bounds how many run at once.
+        result = score_feedback(spec, log=log)
+    update(100.0)
+    env.log(f"{node.name}: {result}")
+    return result
 
 
-def shard_specs(
-    config: RunConfig,
-    layout: RunLayout,
-    iteration: int,
-    stage: str,
-    prompts_uri: str,
-    model_uri: str,
-    *,
-    greedy: bool,
-    num_rows: int,
-) -> tuple[list[SampleSpec], list[dict[str, Any]]]:
-    """The sampling shards of a stage (`train` or `eval`) and their feedback shards, at
-    the run layout's paths; used by the flow that runs them and by `alt status`."""
-    samples = sample_specs(
-        config,
-        prompts_uri,
-        model_uri,
-        lambda i: layout.shard(iteration, f"{stage}_samples", i),
-        seed=stage_seed(config, iteration, f"{stage}-sample"),
-        greedy=greedy,
-        num_rows=num_rows,
-    )
-    feedback = feedback_specs(
-        config,
-        [s.output_uri for s in samples],
-        lambda i: layout.shard(iteration, f"{stage}_feedback", i),
-    )
-    return samples, feedback
+def score_feedback(spec: FeedbackSpec, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Score one samples shard with the configured provider and commit the result; slow
+    providers (a judge, a reward model) report their progress to `log`."""
+    from alt_core.feedback import get_provider
+    from alt_core.schemas import FEEDBACK, OPTIONAL_FEEDBACK
+
+    samples = store.read_table(spec.input_uri)
+    t0 = time.perf_counter()
+    provider = get_provider(spec.config)
+    provider.progress = log
+    scored = provider.score(samples)
+    out = samples.copy()
+    # A judge's raw answer is kept beside the parsed columns, so a missing judgement can
+    # be read with the reason it is missing.
+    columns = FEEDBACK + [c for c in OPTIONAL_FEEDBACK if c in scored.columns]
+    for col in columns:
+        if col not in out.columns:
+            out[col] = scored[col].to_numpy() if col in scored.columns else None
+    crash_if(shard_point(spec.output_uri))
+    store.write_table(spec.output_uri, out[columns], meta={"fingerprint": spec.fingerprint})
+    stats = getattr(provider, "last_stats", {}) or {}
+    return {
+        "rows": len(out),
+        "missing": int(out["reward"].isna().sum()),
+        "seconds": round(time.perf_counter() - t0, 2),
+        **{f"judge_{k}": v for k, v in stats.items()},
+    }
 
 
-def update_datapool(
-    config: RunConfig,
-    layout: RunLayout,
-    iteration: int,
-    feedback_uris: list[str],
-    fingerprint: str,
-) -> dict[str, Any]:
+def datapool(config: RunConfig, node: Node, fp: str, env: StageEnv) -> dict[str, Any]:
     """Flush, add, re-bucket and draw the balanced training set; commit pool and set."""
     from alt_core.datapool import draw_training_set, pool_stats, update_pool
     from alt_core.schemas import POOL
 
-    new_rows = store.read_tables(feedback_uris)
-    if iteration > 1:
-        pool = store.read_table(layout.table(iteration - 1, "datapool", "pool"))
+    spec = _spec(node, DatapoolSpec)
+    new_rows = store.read_tables(spec.feedback_uris)
+    if spec.previous_pool_uri:
+        pool = store.read_table(spec.previous_pool_uri)
     else:
         pool = pd.DataFrame(columns=POOL)
-    rng = np.random.default_rng(stage_seed(config, iteration, "datapool"))
-    pool = update_pool(pool, new_rows, config, iteration, rng)
+    rng = np.random.default_rng(spec.seed)
+    pool = update_pool(pool, new_rows, config, spec.iteration, rng)
     train = draw_training_set(pool, config, rng)
     if train.empty:
         raise ValueError(
-            f"iteration {iteration}: the training set is empty (every generation lacked "
+            f"iteration {spec.iteration}: the training set is empty (every generation lacked "
             f"feedback: {int(new_rows['reward'].isna().sum())} of {len(new_rows)} missing)"
         )
-    meta = {"fingerprint": fingerprint}
-    pool_uri = store.write_table(layout.table(iteration, "datapool", "pool"), pool, meta=meta)
+    meta = {"fingerprint": fp}
+    store.write_table(spec.pool_uri, pool, meta=meta)
     crash_if("datapool")
-    train_uri = store.write_table(layout.table(iteration, "datapool", "train"), train, meta=meta)
-    return {"pool_uri": pool_uri, "train_uri": train_uri, "stats": pool_stats(pool)}
+    store.write_table(spec.train_uri, train, meta=meta)
+    return {"pool_rows": pool_stats(pool).get("rows"), "train_set_rows": len(train)}
 
 
-def added_tokens(config: RunConfig) -> list[str]:
-    from alt_core.config import Method
+def _datapool_reused(node: Node) -> dict[str, Any]:
+    from alt_core.datapool import pool_stats
 
-    if config.method == Method.QUARK:
-        return quantile_tokens(config.datapool.num_quantiles)
-    return []
-
-
-def feedback_summary(feedback: pd.DataFrame) -> dict[str, Any]:
-    reward = feedback["reward"].astype(float)
-    return {
-        "train_samples": len(feedback),
-        "train_reward_mean": float(reward.mean()),
-        "train_reward_std": float(reward.std(ddof=0)),
-        "train_missing_feedback": int(reward.isna().sum()),
-        "train_truncated_share": float(feedback["truncated"].mean()) if len(feedback) else 0.0,
-        "train_gen_tokens": float(feedback["num_tokens"].mean()) if len(feedback) else 0.0,
-    }
+    spec = _spec(node, DatapoolSpec)
+    pool = pool_stats(store.read_table(spec.pool_uri))
+    return {"pool_rows": pool.get("rows"), "train_set_rows": len(store.read_table(spec.train_uri))}
 
 
-def eval_frame(scored: pd.DataFrame) -> pd.DataFrame:
-    out = scored.copy()
+def train(config: RunConfig, node: Node, fp: str, env: StageEnv) -> dict[str, Any]:
+    """Conditional SFT of the policy of iteration k-1 into the policy of iteration k."""
+    from alt_core.training.spec import TrainSpec
+    from alt_core.training.state import finished_summary
+    from alt_core.training.worker import launch_training
+
+    spec = _spec(node, TrainStageSpec)
+    out_uri, remote = spec.output_uri, store.is_remote(spec.output_uri)
+    # A local run keeps its training state in the run folder (beside `local_out`); a
+    # remote one trains in local scratch and copies every checkpoint to the run store.
+    local_out = _local_training_dir(config, out_uri) if remote else Path(f"{out_uri}.partial")
+    job = TrainSpec(
+        policy_path=resolve_model(spec.policy_uri, config),
+        reference_path=resolve_model(spec.reference_uri, config)
+        if config.training.kl_coef > 0
+        else None,
+        train_table=spec.train_uri,
+        output_dir=str(local_out),
+        training=config.training,
+        added_tokens=spec.added_tokens,
+        seed=spec.seed,
+        run_name=spec.run_name,
+        checkpoint_every=config.training.checkpoint_every,
+        keep_checkpoints=config.training.keep_checkpoints,
+        state_uri=spec.state_uri,
+    )
+    if finished_summary(job) is None and local_out.exists():
+        # A finished-but-uncommitted model is kept; anything else in the partial output is
+        # redone, except tracker logs, which a resumed training continues. The training
+        # state next to it survives, so a killed training resumes.
+        for item in local_out.iterdir():
+            if item.name != "trackers":
+                shutil.rmtree(item) if item.is_dir() else item.unlink()
+    k = node.iteration
+    update = env.progress(f"train-iter-{k}", f"training, iteration {k}")
+    pool = slot_pool("train", 1, config.training.num_processes)
+    with pool.slot() as slot:
+        summary = launch_training(
+            job, env=slot.env, num_threads=slot.num_threads, log=env.job_log("train", update)
+        )
+    meta = {"iteration": k, "fingerprint": fp}
+    if remote:
+        store.put_dir(local_out, out_uri, meta=meta)
+        shutil.rmtree(local_out, ignore_errors=True)
+    else:
+        if os.path.exists(out_uri):
+            shutil.rmtree(out_uri)
+        os.replace(local_out, out_uri)
+        store.put_dir(out_uri, out_uri, meta=meta)
+    shutil.rmtree(job.resolved_state_dir, ignore_errors=True)
+    if spec.state_uri:
+        store.remove(spec.state_uri)  # the committed policy supersedes it
+    update(100.0)
+    return summary
+
+
+def _local_training_dir(config: RunConfig, out_uri: str) -> Path:
+    """A fixed local folder per remote policy URI, so a restarted training finds its state."""
+    digest = hashlib.sha256(out_uri.encode()).hexdigest()[:16]
+    root = Path(config.storage.local_scratch or tempfile.gettempdir())
+    return root / "alt-train" / digest / "policy.partial"
+
+
+def _train_reused(node: Node) -> dict[str, Any]:
+    uri = store.join(node.outputs[0], "train_metrics.json")
+    return store.read_json(uri).get("summary", {}) if store.exists(uri) else {}
+
+
+def eval_join(config: RunConfig, node: Node, fp: str, env: StageEnv) -> dict[str, Any]:
+    """The evaluation feedback shards as one table with every EVAL column."""
+    spec = _spec(node, JoinSpec)
+    scored = store.read_tables(spec.feedback_uris).copy()
     for col in EVAL:
-        if col not in out.columns:
-            out[col] = np.nan
-    return out[EVAL]
+        if col not in scored.columns:
+            scored[col] = np.nan
+    store.write_table(spec.output_uri, scored[EVAL], meta={"fingerprint": fp})
+    return {"rows": len(scored)}
+
+
+def perplexity(config: RunConfig, node: Node, fp: str, env: StageEnv) -> dict[str, Any]:
+    """Reference perplexity of the evaluation generations, in a process of its own."""
+    spec = _spec(node, PerplexitySpec)
+    spec = spec.model_copy(
+        update={"reference_path": resolve_model(spec.reference_path, config), "fingerprint": fp}
+    )
+    update = env.progress(artifact_key(node.name), node.name)
+    with slot_pool("feedback", config.feedback.concurrency).slot() as slot:
+        result = run_job(
+            "perplexity", spec, name="perplexity", env=slot.env,
+            num_threads=slot.num_threads, log=env.job_log("perplexity", update),
+        )  # fmt: skip
+    update(100.0)
+    return result
+
+
+def score_perplexity(spec: PerplexitySpec) -> dict[str, Any]:
+    """The job's side: summed reference NLL and token count of every generation."""
+    from alt_core.evaluation import reference_nll
+
+    df = store.read_table(spec.input_uri)
+    nll, count = reference_nll(
+        spec.reference_path, df["prompt"].tolist(), df["generation"].tolist(), spec.batch_size
+    )
+    df["ref_nll"] = nll
+    crash_if("perplexity")
+    df["ref_tokens"] = count
+    store.write_table(spec.output_uri, df, meta={"fingerprint": spec.fingerprint})
+    return {"rows": len(df)}
+
+
+# ---------------------------------------------------------------------- the registry
+
+
+def _spec(node: Node, kind: type) -> Any:
+    if not isinstance(node.spec, kind):
+        raise TypeError(f"{node.name}: expected a {kind.__name__}, got {type(node.spec).__name__}")
+    return node.spec
+
+
+Body = Callable[[RunConfig, Node, str, StageEnv], dict[str, Any]]
+BODIES: dict[str, Body] = {
+    "prompts": prompts,
+    "eval_prompts": prompts,
+    "train_sample": sample,
+    "eval_sample": sample,
+    "train_feedback": feedback,
+    "eval_feedback": feedback,
+    "datapool": datapool,
+    "train": train,
+    "eval_join": eval_join,
+    "perplexity": perplexity,
+}
+# What a reused (already committed) stage reports, where the flow needs figures of it.
+REUSED: dict[str, Callable[[Node], dict[str, Any]]] = {
+    "datapool": _datapool_reused,
+    "train": _train_reused,
+}

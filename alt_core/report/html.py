@@ -25,7 +25,7 @@ import pandas as pd
 from alt_core import store
 from alt_core.config import ConfigError, RunConfig, validate_config
 from alt_core.methods import bucket_namer, method_spec
-from alt_core.store import RunLayout
+from alt_core.pipeline.layout import RunLayout
 
 REPORT_DIR = "report"
 REPORT_FILE = "report.html"

@@ -1,9 +1,23 @@
-"""Shard processes and the device slots they run in.
+"""The one subprocess launcher: every sampling, feedback, perplexity and training job.
 
-Every sampling, feedback and training shard runs in a process of its own, so a crash or
-an out-of-memory stays in that shard and its GPU memory is freed when it exits. The
-parent streams the child's output line by line to a log callback and keeps the tail to
-name the cause when the child fails.
+A job runs in a process of its own (a crash or an out-of-memory stays in that job, and
+its GPU memory is freed when it exits), in a process group of its own (stopping the
+parent takes every process of the job down, all ranks of a multi-GPU training too).
+
+The protocol, the same for every kind of job:
+
+- the parent writes a `Job` (kind, the kind's typed spec, the slot's thread count) to a
+  JSON file and starts `python -m alt_core.runtime.entry JOB.json`, or a launcher
+  prefix such as `accelerate launch ... -m alt_core.runtime.entry JOB.json`;
+- the child runs the job and, on success, writes its result (a JSON object) to
+  `Job.result_path` atomically, then exits 0; on failure it exits non-zero and its
+  last lines say why;
+- the parent streams the child's output (stdout and stderr) line by line to a log
+  callback (`name` only labels errors; callers tag lines as they like), keeps the tail to name the cause of a failure, and returns the result.
+
+Settings travel in the job file, never in environment variables; the child's
+environment carries only what engines read from it (CUDA_VISIBLE_DEVICES, OpenMP
+threads, vLLM's CPU cache size) and the fault-injection hooks (`runtime.faults`).
 """
 
 from __future__ import annotations
@@ -11,132 +25,131 @@ from __future__ import annotations
 import collections
 import json
 import os
-import queue
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-RESULT_PREFIX = "ALT_RESULT "
+from pydantic import BaseModel, ConfigDict, Field
+
+JobKind = Literal["sample", "feedback", "perplexity", "train"]
+ENTRY_MODULE = "alt_core.runtime.entry"
+# Child processes: keep engine chatter out of the logs unless asked for.
+QUIET_ENV = {"VLLM_LOGGING_LEVEL": "WARNING", "TOKENIZERS_PARALLELISM": "false"}
+_PROJECT_ROOT = str(Path(__file__).resolve().parents[2])
 
 
 class WorkerError(RuntimeError):
-    """A shard process exited with an error."""
+    """A job's process failed; the message has its exit status and last output lines."""
+
+    def __init__(self, message: str, returncode: int):
+        super().__init__(message)
+        self.returncode = returncode
 
 
-def emit_result(result: dict[str, Any]) -> None:
-    """Called by a worker as its last act: hands a JSON summary to the parent."""
-    print(RESULT_PREFIX + json.dumps(result, default=str), flush=True)
+class Job(BaseModel):
+    """What crosses the process boundary: one file, no secrets."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: JobKind
+    spec: dict[str, Any] = Field(description="The kind's typed spec, dumped to JSON.")
+    result_path: str = Field(description="Where the child writes its result JSON.")
+    num_threads: int | None = Field(
+        None, description="torch threads of a CPU slot (None: torch's default)."
+    )
 
 
-def run_worker(
-    argv: list[str],
-    spec: dict[str, Any],
+def write_result(path: str, result: Mapping[str, Any]) -> None:
+    """Called by the child as its last act: the result, atomically (a killed child
+    leaves no result, never half of one)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as fh:
+        json.dump(dict(result), fh, default=str)
+    os.replace(tmp, path)
+
+
+def entry_command(job_path: str | Path, prefix: Sequence[str] | None = None) -> list[str]:
+    """The child's command: `python -m alt_core.runtime.entry JOB` (or behind a launcher
+    prefix such as `accelerate launch ...`, which itself runs python)."""
+    start = list(prefix) if prefix else [sys.executable]
+    return [*start, "-m", ENTRY_MODULE, str(job_path)]
+
+
+def child_env(env: Mapping[str, str] | None) -> dict[str, str]:
+    child = {**os.environ, **QUIET_ENV, **(env or {}), "PYTHONUNBUFFERED": "1"}
+    # The child must import this checkout of alt_core whatever the current directory.
+    child["PYTHONPATH"] = os.pathsep.join(p for p in (_PROJECT_ROOT, child.get("PYTHONPATH")) if p)
+    return child
+
+
+def describe_exit(returncode: int) -> str:
+    # A negative code is a signal: SIGKILL (-9) usually means the host ran out of memory.
+    if returncode < 0:
+        return f"was killed by signal {-returncode}"
+    return f"exited with code {returncode}"
+
+
+def run_job(
+    kind: JobKind,
+    spec: BaseModel,
     *,
     name: str,
-    env: dict[str, str] | None = None,
+    env: Mapping[str, str] | None = None,
+    num_threads: int | None = None,
     log: Callable[[str], None] = print,
+    prefix: Sequence[str] | None = None,
     tail_lines: int = 40,
 ) -> dict[str, Any]:
-    """Run `python -m <argv...> SPEC.json` in its own process group; return its result.
+    """Run one job in a child process (see the module docstring); return its result.
 
-    The spec travels as a file (never on the command line) and holds no secrets.
+    Raises WorkerError with the exit status and the last output lines when the child
+    fails or ends without a result.
     """
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
-        json.dump(spec, fh, default=str)
-        spec_path = fh.name
-    child_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", *argv, spec_path]
-    tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
-    result: dict[str, Any] | None = None
-    proc = subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=child_env,
-        start_new_session=True,
+    with tempfile.TemporaryDirectory(prefix=f"alt-{kind}-") as tmp:
+        job = Job(
+            kind=kind,
+            spec=spec.model_dump(mode="json"),
+            result_path=str(Path(tmp) / "result.json"),
+            num_threads=num_threads,
+        )
+        job_path = Path(tmp) / "job.json"
+        job_path.write_text(job.model_dump_json())
+        tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
+        proc = subprocess.Popen(
+            entry_command(job_path, prefix),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=child_env(env),
+            start_new_session=True,
+        )
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                line = line.rstrip("\n")
+                tail.append(line)
+                log(line)
+            returncode = proc.wait()
+        except BaseException:
+            # The parent is being stopped: take the job's whole process group with it.
+            kill_process_group(proc)
+            raise
+        result_file = Path(job.result_path)
+        if returncode == 0 and result_file.exists():
+            return json.loads(result_file.read_text())
+    cause = "\n".join(tail) or "(no output)"
+    how = describe_exit(returncode) if returncode else "exited without a result"
+    raise WorkerError(
+        f"{name} failed (exit code {returncode}): it {how}. Last output:\n{cause}", returncode
     )
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            line = line.rstrip("\n")
-            if line.startswith(RESULT_PREFIX):
-                result = json.loads(line[len(RESULT_PREFIX) :])
-                continue
-            tail.append(line)
-            log(f"[{name}] {line}")
-        rc = proc.wait()
-    except BaseException:
-        # The parent is being stopped: take the whole shard process group down with it.
-        kill_process_group(proc)
-        raise
-    finally:
-        Path(spec_path).unlink(missing_ok=True)
-    if rc != 0 or result is None:
-        cause = "\n".join(tail) or "(no output)"
-        raise WorkerError(f"{name} failed (exit code {rc}). Last output:\n{cause}")
-    return result
 
 
 def kill_process_group(proc: subprocess.Popen) -> None:
     with suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-
-
-def cuda_device_count() -> int:
-    try:
-        import torch
-
-        return torch.cuda.device_count()
-    except Exception:  # noqa: BLE001 - no torch or no driver both mean "no GPU"
-        return 0
-
-
-class SlotPool:
-    """A fixed number of device slots shared by the shards of one process.
-
-    On GPUs a slot is a group of `devices_per_slot` GPUs (CUDA_VISIBLE_DEVICES); on the
-    CPU it is a disjoint group of cores, because vLLM's CPU build pins its OpenMP threads
-    and two engines on the same cores fight over them.
-    """
-
-    def __init__(self, num_slots: int, devices_per_slot: int = 1):
-        self.devices_per_slot = devices_per_slot
-        self.num_gpus = cuda_device_count()
-        if self.num_gpus:
-            num_slots = max(1, min(num_slots, self.num_gpus // devices_per_slot))
-        self.num_slots = max(1, num_slots)
-        self._free: queue.Queue[int] = queue.Queue()
-        for i in range(self.num_slots):
-            self._free.put(i)
-        self._lock = threading.Lock()
-
-    @contextmanager
-    def slot(self) -> Iterator[dict[str, str]]:
-        index = self._free.get()
-        try:
-            yield self.env_for(index)
-        finally:
-            self._free.put(index)
-
-    def env_for(self, index: int) -> dict[str, str]:
-        if self.num_gpus:
-            first = index * self.devices_per_slot
-            devices = range(first, first + self.devices_per_slot)
-            return {"CUDA_VISIBLE_DEVICES": ",".join(str(d) for d in devices)}
-        cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-        cores = cores or list(range(os.cpu_count() or 1))
-        per = max(1, len(cores) // self.num_slots)
-        mine = cores[index * per : (index + 1) * per] or cores[-per:]
-        return {
-            "VLLM_CPU_OMP_THREADS_BIND": f"{mine[0]}-{mine[-1]}",
-            "OMP_NUM_THREADS": str(len(mine)),
-            "ALT_NUM_THREADS": str(len(mine)),
-        }

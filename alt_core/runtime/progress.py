@@ -10,6 +10,7 @@ the last.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -54,3 +55,18 @@ class ProgressLog:
             self._last = now
             line = f"progress {self.done}/{self.total} {self.unit}"
         self._log(line)
+
+
+# Training prints `step I/N ...`; sampling and feedback `progress DONE/TOTAL ...`.
+_PROGRESS = re.compile(r"\b(?:step|progress) (\d+)/(\d+)\b")
+
+
+def progress_fraction(line: str) -> float | None:
+    """The percentage a `step I/N` or `progress DONE/TOTAL` line reports, else None."""
+    m = _PROGRESS.search(line)
+    return 100.0 * int(m.group(1)) / max(int(m.group(2)), 1) if m else None
+
+
+def artifact_key(*parts: object) -> str:
+    """A progress or report key: Prefect allows lowercase letters, digits and dashes only."""
+    return re.sub(r"[^a-z0-9-]+", "-", "-".join(str(p) for p in parts).lower()).strip("-")

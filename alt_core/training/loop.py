@@ -41,13 +41,12 @@ from alt_core.training.data import (
     TABLE_COLUMNS,
     Batch,
     TokenisedTable,
-    TrainingError,
-    TrainSpec,
     collate,
     epoch_batches,
     linear_warmup_decay,
     tokenise_train_table,
 )
+from alt_core.training.dist import Dist
 from alt_core.training.model import (
     add_tokens,
     check_paths,
@@ -58,10 +57,10 @@ from alt_core.training.model import (
     load_reference,
     save_kwargs,
 )
+from alt_core.training.spec import TrainingError, TrainSpec
 from alt_core.training.state import (
     METRICS_FILE,
     Checkpointer,
-    Dist,
     Progress,
     finished_summary,
     resume_key,

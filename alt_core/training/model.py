@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from alt_core.training.data import TrainingError, TrainSpec
+from alt_core.training.spec import TrainingError, TrainSpec
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel

@@ -41,7 +41,8 @@ import numpy as np
 import torch
 
 from alt_core import store
-from alt_core.training.data import TrainingError, TrainSpec
+from alt_core.training.dist import Dist
+from alt_core.training.spec import TrainingError, TrainSpec
 
 METRICS_FILE = "train_metrics.json"
 STATE_FILE = "resume.json"
@@ -63,9 +64,6 @@ _SPEC_NOT_IN_KEY = {
     "train_table",
     "state_uri",
 }
-# The checkpoint settings stay out too, and so do the experiment trackers: switching one
-# on must not discard the saved state of a training half done.
-_TRAINING_NOT_IN_KEY = {"checkpoint_every", "keep_checkpoints", "report_to", "log_every"}
 
 
 class CheckpointError(RuntimeError):
@@ -82,65 +80,19 @@ class Progress:
     resumed_from: int | None = None
 
 
-@dataclass
-class Dist:
-    """Rank and world size as torch.distributed sees them. Accelerate has no CPU backend
-    for DeepSpeed and reports a single process when DeepSpeed runs several on CPUs, so
-    the process group DeepSpeed set up is the source of truth (on GPUs both agree)."""
-
-    rank: int = 0
-    world: int = 1
-
-    @classmethod
-    def current(cls) -> Dist:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            return cls(dist.get_rank(), dist.get_world_size())
-        return cls()
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.all_reduce(tensor)
-        return tensor
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
-
-    def broadcast(self, obj: Any) -> Any:
-        """Rank 0's `obj` on every process."""
-        if self.world == 1:
-            return obj
-        import torch.distributed as dist
-
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
-
 # ------------------------------------------------------------------------- identity
 
 
 def resume_key(spec: TrainSpec) -> str:
     """A hash of what decides the trained weights: the content of the policy, reference
     and training table (their commit hashes; a plain path stands for itself), the
-    training config (less its checkpoint and tracker settings), the added tokens and the
-    seed."""
-    from alt_core.pipeline.fingerprints import content_id
+    training config (less its throughput-only fields, by the rule the train stage's
+    fingerprint uses: `pipeline.fingerprints.training_identity`), the added tokens and
+    the seed."""
+    from alt_core.pipeline.fingerprints import content_id, training_identity
 
     fields = spec.model_dump(mode="json", exclude=_SPEC_NOT_IN_KEY)
-    fields["training"] = {
-        k: v for k, v in fields["training"].items() if k not in _TRAINING_NOT_IN_KEY
-    }
+    fields["training"] = training_identity(spec.training)
     paths = {
         "policy": spec.policy_path,
         "reference": spec.reference_path,
@@ -469,7 +421,7 @@ class Checkpointer:
             try:
                 load_checkpoint(self.accelerator, self.dist, path)
             except Exception as exc:  # a damaged file that kept its size: try an older one
-                print(f"rank {self.dist.rank}: cannot load {path}: {type(exc).__name__}: {exc}")
+                self.say(f"rank {self.dist.rank}: cannot load {path}: {type(exc).__name__}: {exc}")
                 failed += 1
             if self.dist.sum(failed).item() == 0:
                 return self._resumed(path, record)

@@ -1,0 +1,61 @@
+"""The per-iteration metrics row, assembled from the stages' results and artifacts.
+
+Keys (in this order in `iter_NNN/metrics.json`): iteration; train_sample_s,
+train_feedback_s; the judge's counters (judge methods); train_samples and the sampled
+reward's mean, sd, missing count, truncated share and length; datapool_s, pool_rows,
+train_set_rows; train_s, train_loss; the evaluation's valid_* metrics and eval_s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+
+from alt_core import methods, store
+from alt_core.config import RunConfig
+from alt_core.evaluation import eval_metrics
+from alt_core.pipeline.specs import StageResult
+
+Results = Mapping[str, Sequence[StageResult]]
+
+
+def feedback_summary(feedback: pd.DataFrame) -> dict[str, Any]:
+    reward = feedback["reward"].astype(float)
+    return {
+        "train_samples": len(feedback),
+        "train_reward_mean": float(reward.mean()),
+        "train_reward_std": float(reward.std(ddof=0)),
+        "train_missing_feedback": int(reward.isna().sum()),
+        "train_truncated_share": float(feedback["truncated"].mean()) if len(feedback) else 0.0,
+        "train_gen_tokens": float(feedback["num_tokens"].mean()) if len(feedback) else 0.0,
+    }
+
+
+def evaluation_row(results: Results, seconds: float) -> dict[str, Any]:
+    (scored,) = results["perplexity"]
+    return {**eval_metrics(store.read_table(scored.uri)), "eval_s": seconds}
+
+
+def iteration_row(
+    config: RunConfig, iteration: int, results: Results, seconds: Mapping[str, float]
+) -> dict[str, Any]:
+    """The row of iteration k from its stages' results and per-stage wall times."""
+    row: dict[str, Any] = {"iteration": iteration}
+    row["train_sample_s"] = seconds["train_sample"]
+    row["train_feedback_s"] = seconds["train_feedback"]
+    feedback = results["train_feedback"]
+    if methods.uses_judge(config):
+        from alt_core.feedback.judge.provider import merge_shard_stats
+
+        row.update(merge_shard_stats([r.stats for r in feedback]))
+    row.update(feedback_summary(store.read_tables([r.uri for r in feedback])))
+    (pool,) = results["datapool"]
+    row["datapool_s"] = seconds["datapool"]
+    row["pool_rows"] = pool.stats.get("pool_rows")
+    row["train_set_rows"] = pool.stats.get("train_set_rows")
+    (trained,) = results["train"]
+    row["train_s"] = seconds["train"]
+    row["train_loss"] = trained.stats.get("final_loss")
+    return row
