@@ -29,10 +29,10 @@ run: install  ## the built-in CPU demo: 3 ALT_RM iterations on a tiny model
 	$(BIN)/alt run --preset demo
 
 test: install  ## the whole suite, integration and fault-injection tests included
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q tests
 
 test-fast: install  ## unit tests only (seconds)
-	$(BIN)/pytest -q -m "not integration and not slow"
+	$(BIN)/pytest -q tests/unit -m "not slow"
 
 bench: install  ## speed benchmarks, printed as side-by-side ratios
 	$(BIN)/python bench/run_all.py

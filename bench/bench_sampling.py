@@ -25,10 +25,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 import pandas as pd  # noqa: E402
 
 from alt_core import store  # noqa: E402
-from alt_core.runtime.launcher import run_worker  # noqa: E402
+from alt_core.config import RunConfig  # noqa: E402
+from alt_core.runtime.launcher import run_job  # noqa: E402
 from alt_core.sampling import EngineSettings, GenerationParams, SampleSpec  # noqa: E402
-
-ENV = {"VLLM_LOGGING_LEVEL": "WARNING", "TOKENIZERS_PARALLELISM": "false"}
 
 
 def run(backend: str, model: Path, prompts_uri: str, out: Path, args) -> dict:
@@ -40,16 +39,11 @@ def run(backend: str, model: Path, prompts_uri: str, out: Path, args) -> dict:
         stop=args.prompts,
         seed=0,
         params=GenerationParams(n=args.n, temperature=0.9, top_p=0.9, max_new_tokens=args.tokens),
-        engine=EngineSettings(dtype=args.dtype),
+        engine=EngineSettings.from_config(RunConfig(model={"dtype": args.dtype})),
         backend=backend,
     )
-    return run_worker(
-        ["alt_core.runtime.entry", "sample"],
-        spec.to_dict(),
-        name=backend,
-        env=ENV,
-        log=lambda _line: None,
-    )
+    env = spec.engine.process_env()
+    return run_job("sample", spec, name=backend, env=env, log=lambda _line: None)
 
 
 def main() -> None:

@@ -7,15 +7,12 @@ accelerator, Prefect (a temporary local API). Models are tiny and made here.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
 # A real S3 server (SeaweedFS on loopback): the `s3_server` and `s3_run_root` fixtures.
-pytest_plugins = ["s3_server"]
+pytest_plugins = ["tests.support.s3_server"]
 
 # Keep Prefect's database and settings out of the user's home, and engine chatter low.
 _HOME = Path(os.environ.get("PYTEST_PREFECT_HOME", "/tmp/alt-test-prefect-home"))
@@ -27,7 +24,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    from tiny import build_tiny_model
+    from tests.support.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model") / "model")
 

@@ -9,10 +9,8 @@ which `validate_config` and `load_config` call.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -377,17 +375,3 @@ class RunConfig(StrictModel):
     def feedback_prefix(self) -> str:
         """datapool.feedback_prefix or the method's default (`alt_core.methods`)."""
         return method_feedback_prefix(self)
-
-    def section_hash(self, *sections: str) -> str:
-        """A short, stable hash of the named config sections (dotted paths allowed)."""
-        dumped = self.model_dump(mode="json")
-        picked = {s: _get_path(dumped, s) for s in sections}
-        blob = json.dumps(picked, sort_keys=True, default=str).encode()
-        return hashlib.sha256(blob).hexdigest()[:12]
-
-
-def _get_path(tree: dict[str, Any], dotted: str) -> Any:
-    node: Any = tree
-    for part in dotted.split("."):
-        node = node[part]
-    return node

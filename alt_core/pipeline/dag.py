@@ -428,8 +428,9 @@ EVALUATION: tuple[Stage, ...] = (
     Stage("eval_feedback", "eval feedback", ("method", "feedback"), plan_eval_feedback,
           per_shard_of="eval_sample", ignore=FEEDBACK_IGNORE),
     Stage("eval_join", "eval", (), plan_eval_join, after=("eval_feedback",)),
+    # The generation length is the samplers'; its effect arrives in the scored table.
     Stage("perplexity", "eval", ("data.max_prompt_tokens", "evaluation"), plan_perplexity,
-          after=("eval_join",)),
+          after=("eval_join",), ignore=("evaluation.max_new_tokens",)),
 )  # fmt: skip
 
 STAGES: dict[str, Stage] = {s.name: s for s in (*ITERATION, *EVALUATION)}

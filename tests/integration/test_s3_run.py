@@ -10,10 +10,10 @@ import time
 
 import pytest
 import yaml
-from test_flow_integration import tiny_run_config
 
 from alt_core import store
 from alt_core.pipeline.layout import RunLayout
+from tests.support.runs import tiny_run_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -29,7 +29,7 @@ def test_iteration_on_s3_survives_a_server_restart(
     run_dir = s3_run_root
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "run", "--config", str(config_path),
+        [sys.executable, "-m", "deployments.cli", "run", "--config", str(config_path),
          "--run-dir", run_dir],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True,

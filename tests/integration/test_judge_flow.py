@@ -7,11 +7,11 @@ the engine, is under test here (the vLLM path has its own integration tests)."""
 from __future__ import annotations
 
 import pytest
-from judge_server import JudgeServer
-from test_flow_integration import tiny_run_config
 
 from alt_core import store
 from alt_core.pipeline.layout import RunLayout
+from tests.support.judge_server import JudgeServer
+from tests.support.runs import tiny_run_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -25,7 +25,6 @@ from alt_core.pipeline.layout import RunLayout
 
 pytestmark = pytest.mark.integration
 # The `s3_server` and `s3_run_root` fixtures (a no-op once conftest registers them too).
-pytest_plugins = ["s3_server"]
 
 FRAME = pd.DataFrame({"x": [1, 2, 3], "s": ["a", "b", None]})
 

@@ -6,14 +6,14 @@ import asyncio
 import logging
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from judge_server import JudgeServer
 from pydantic import ValidationError
 
 from alt_core.config.judge import JudgeConfigError
 from alt_core.feedback.judge import JudgeClient, JudgeConfig, JudgeRequestError, judge_batch
+from tests.support import REPO_ROOT
+from tests.support.judge_server import JudgeServer
 
 KEY = "sk-test-Zq8ThisMustNeverLeak0123456789"
 
@@ -113,7 +113,7 @@ def test_importing_the_judge_does_not_import_prefect():
         [sys.executable, "-c", code],
         capture_output=True,
         text=True,
-        cwd=Path(__file__).parent.parent,
+        cwd=REPO_ROOT,
         check=True,
     )
     assert out.stdout.strip() == "False False"

@@ -8,7 +8,6 @@ import importlib
 import itertools
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import yaml
@@ -17,8 +16,9 @@ from alt_core.config import RunConfig, load_config
 from alt_core.runtime import slots as common
 from deployments import serve
 from deployments.setup import DEFAULT_POOL, ensure_gpu_limit
+from tests.support import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +155,8 @@ def test_global_limit_is_strict_and_sized(prefect_harness, monkeypatch):
         pass
     pool = common.slot_pool("test-held", 1)
     with get_client(sync_client=True) as client:
-        with pool.slot() as env:
+        with pool.slot() as slot:
+            env = slot.env
             assert "OMP_NUM_THREADS" in env  # CPU: the local core group
             held = client.read_global_concurrency_limit_by_name(name).active_slots
         time.sleep(0.5)

@@ -14,10 +14,10 @@ import uuid
 
 import pandas as pd
 import pytest
-from judge_server import FAULTS, JudgeServer
 
 from alt_core.feedback.judge import JudgeConfig, load_template
 from alt_core.feedback.judge.client import OUTPUT_COLUMNS, judge_batch
+from tests.support.judge_server import FAULTS, JudgeServer
 
 TRANSIENT = ["429", "500", "slow", "drop", "truncated_body"]
 # Faults the server injects, and the client's failure kind each one must show up as.

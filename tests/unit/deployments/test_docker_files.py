@@ -7,19 +7,19 @@ from __future__ import annotations
 import re
 import shlex
 import subprocess
-from pathlib import Path
 
 import pytest
 import yaml
 
 from deployments.setup import DEFAULT_POOL
+from tests.support import REPO_ROOT
 
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     tomllib = pytest.importorskip("tomli")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 DOCKER = ROOT / "docker"
 
 
@@ -98,9 +98,9 @@ def test_dockerfile_copies_every_package_and_file_it_needs(dockerfile, pyproject
 
 
 def test_commands_are_ones_the_project_has(dockerfile, pyproject):
-    from flows.cli import _parser
+    from deployments.cli import _parser
 
-    assert pyproject["project"]["scripts"]["alt"] == "flows.cli:main"
+    assert pyproject["project"]["scripts"]["alt"] == "deployments.cli:main"
     smoke = next(r for r in _instructions(dockerfile, "RUN") if "alt presets" in r)
     assert _parser().parse_args(["presets"]).command == "presets" and smoke
     (entry,) = _instructions(dockerfile, "ENTRYPOINT")

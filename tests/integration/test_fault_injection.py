@@ -20,10 +20,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from test_flow_integration import tiny_run_config
 
 from alt_core import store
 from alt_core.pipeline.layout import RunLayout
+from tests.support.runs import tiny_run_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -63,7 +63,7 @@ def api_env(prefect_harness) -> dict[str, str]:
 
 def alt(args: list[str], env: dict[str, str], timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "flows.cli", *args],
+        [sys.executable, "-m", "deployments.cli", *args],
         env=env,
         capture_output=True,
         text=True,
@@ -184,3 +184,83 @@ def test_status_of_finished_run_and_changed_setting(reference, api_env, fault_co
     states = {row["stage"]: row["state"] for row in run_status(run_dir, changed)}
     assert states["prompts"] == states["train samples"] == states["datapool"] == "committed"
     assert states["train"] == states["eval samples"] == states["eval"] == "stale"
+
+
+def every_commit(run_dir: str) -> dict[str, float]:
+    """Commit time of every table and folder of iteration 1, by path in the run."""
+    root = Path(run_dir) / "iter_001"
+    times = {}
+    for manifest in [*root.rglob("*.commit.json"), *root.rglob("_COMMIT.json")]:
+        times[str(manifest.relative_to(root))] = store.read_json(str(manifest))["committed_at"]
+    return times
+
+
+def _states(run_dir: str, fault_config: Path, *overrides: str) -> dict[str, str]:
+    from alt_core.config import load_config
+    from alt_core.pipeline.status import run_status
+
+    changed = load_config(config_file=str(fault_config), overrides=list(overrides))
+    return {row["stage"]: row["state"] for row in run_status(run_dir, changed)}
+
+
+TRAIN_SIDE = ("prompts", "train samples", "train feedback", "datapool", "train")
+
+
+@pytest.mark.parametrize(
+    "setting",
+    ["evaluation.max_new_tokens=6", "sampling.temperature=0.5", "sampling.top_p=0.5"],
+)
+def test_an_eval_or_train_only_generation_setting_restales_its_side_only(
+    reference, fault_config, setting
+):
+    states = _states(reference[0], fault_config, setting)
+    if setting.startswith("evaluation."):
+        assert all(states[s] == "committed" for s in TRAIN_SIDE), states
+        assert states["eval prompts"] == "committed"
+        assert states["eval samples"] == states["eval feedback"] == states["eval"] == "stale"
+    else:  # the eval shards' own fingerprints ignore it (tests/test_dag.py); they are
+        # redone here only because they sample the policy that is retrained
+        assert states["prompts"] == states["eval prompts"] == "committed", states
+        assert states["train samples"] == states["train"] == "stale", states
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        "sampling.concurrency=3",
+        "sampling.max_num_seqs=8",
+        "feedback.concurrency=2",
+        "feedback.judge.max_concurrency=4",
+        "training.log_every=1",
+        "training.checkpoint_every=5",
+        "evaluation.batch_size=3",
+    ],
+)
+def test_throughput_settings_leave_everything_committed(reference, fault_config, setting):
+    states = _states(reference[0], fault_config, setting)
+    assert set(states.values()) == {"committed"}, (setting, states)
+
+
+def test_rerun_with_an_eval_setting_redoes_only_the_evaluation(
+    reference, api_env, fault_config, tmp_path
+):
+    import shutil
+
+    run_dir = str(tmp_path / "run")
+    shutil.copytree(reference[0], run_dir)
+    before = every_commit(run_dir)
+    args = ["run", "--config", str(fault_config), "--run-dir", run_dir]
+    done = alt([*args, "evaluation.max_new_tokens=6"], api_env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    after = every_commit(run_dir)
+    redone = sorted(path for path in after if after[path] != before.get(path))
+    assert redone == [
+        "eval/eval.parquet.commit.json",
+        "eval/scored.parquet.commit.json",
+        "eval_feedback/shard_000.parquet.commit.json",
+        "eval_feedback/shard_001.parquet.commit.json",
+        "eval_samples/shard_000.parquet.commit.json",
+        "eval_samples/shard_001.parquet.commit.json",
+    ], redone
+    tokens = store.read_table(RunLayout(run_dir).table(1, "eval", "eval"))["num_tokens"]
+    assert tokens.max() <= 6

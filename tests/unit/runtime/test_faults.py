@@ -14,7 +14,7 @@ import sys
 import textwrap
 
 from alt_core.runtime import faults
-from flows import cli
+from deployments import cli
 
 ARMED_CHILD = textwrap.dedent(
     """

@@ -39,10 +39,11 @@ import pytest
 from alt_core import store
 from alt_core.pipeline.layout import RunLayout
 from deployments.setup import DEFAULT_POOL
+from tests.support import REPO_ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 BIN = Path(sys.executable).parent
 LIMIT = "alt-test-gpu"
 POOL = DEFAULT_POOL  # the pool prefect.yaml names; this server is the test's own
@@ -156,7 +157,7 @@ def _commit_records(run_dir: Path) -> dict[str, dict]:
 
 
 def _config(tmp_path, model_dir):
-    from test_flow_integration import tiny_run_config
+    from tests.support.runs import tiny_run_config
 
     return tiny_run_config(
         tmp_path, model_dir, sampling__backend="hf", sampling__concurrency=2
