@@ -38,7 +38,9 @@ def run(backend: str, model: Path, prompts_uri: str, out: Path, args) -> dict:
         start=0,
         stop=args.prompts,
         seed=0,
-        params=GenerationParams(n=args.n, temperature=0.9, top_p=0.9, max_new_tokens=args.tokens),
+        params=GenerationParams(
+            n=args.n, temperature=0.9, top_p=0.9, max_new_tokens=args.tokens, max_prompt_tokens=512
+        ),
         engine=EngineSettings.from_config(RunConfig(model={"dtype": args.dtype})),
         backend=backend,
     )

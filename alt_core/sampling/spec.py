@@ -14,13 +14,14 @@ class _Spec(BaseModel):
 
 
 class GenerationParams(_Spec):
-    """What decides the generated tokens (with the seed and the prompt tokens)."""
+    """What decides the generated tokens (with the seed and the prompt tokens). Built by
+    `train` or `greedy` from the config; no defaults of its own."""
 
-    n: int = Field(1, gt=0, description="Generations per prompt.")
-    temperature: float = Field(0.0, ge=0, description="0: greedy.")
-    top_p: float = Field(1.0, gt=0, le=1)
-    max_new_tokens: int = Field(64, gt=0)
-    max_prompt_tokens: int = Field(512, gt=0, description="Longer queries are cut from the left.")
+    n: int = Field(gt=0, description="Generations per prompt.")
+    temperature: float = Field(ge=0, description="0: greedy.")
+    top_p: float = Field(gt=0, le=1)
+    max_new_tokens: int = Field(gt=0)
+    max_prompt_tokens: int = Field(gt=0, description="Longer queries are cut from the left.")
 
     @classmethod
     def train(cls, config: RunConfig) -> GenerationParams:

@@ -101,7 +101,7 @@ def test_worker_failure_names_the_cause(tmp_path):
         start=0,
         stop=1,
         seed=0,
-        params=GenerationParams(),
+        params=GenerationParams.greedy(RunConfig()),
         engine=ENGINE,
     )
     with pytest.raises(WorkerError, match=r"(?s)sample-0 failed \(exit code 1\).*not committed"):
