@@ -28,8 +28,11 @@ def prepare_run(config: RunConfig, run_dir: str) -> RunInputs:
 
 
 def _stage_task(stage: dag.Stage):
+    body = pipeline.BODIES[stage.name].__name__
+
     @task(
         name=stage.name.replace("_", "-"),
+        description=f"The {stage.name} stage (`alt_core.pipeline.stages.{body}`).",
         task_run_name="{node.name}",
         cache_policy=NO_CACHE,
         retries=STAGE_RETRIES,
@@ -38,7 +41,6 @@ def _stage_task(stage: dag.Stage):
     def run(config: RunConfig, node: dag.Node) -> StageResult:
         return pipeline.run_node(config, node, stage_env())
 
-    run.__doc__ = f"The {stage.label} stage: `alt_core.pipeline.stages.{stage.name}`."
     return run
 
 

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-# A real S3 server (SeaweedFS on loopback): the `s3_server` and `s3_run_root` fixtures.
-pytest_plugins = ["tests.support.s3_server"]
+# A real S3 server (SeaweedFS on loopback): the `s3_server` and `s3_run_root` fixtures;
+# the training tests' tokenizer (`tokenizer_dir`).
+pytest_plugins = ["tests.support.s3_server", "tests.support.tokenizer"]
 
 # Keep Prefect's database and settings out of the user's home, and engine chatter low.
 _HOME = Path(os.environ.get("PYTEST_PREFECT_HOME", "/tmp/alt-test-prefect-home"))

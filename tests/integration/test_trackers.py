@@ -7,8 +7,10 @@ import math
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
+from alt_core.store import write_table
 from alt_core.training.loop import (
     TRACKER_DIR,
     TrainingError,
@@ -16,6 +18,25 @@ from alt_core.training.loop import (
 from alt_core.training.state import METRICS_FILE
 from alt_core.training.worker import FAIL_AT_STEP_ENV, launch_training
 from tests.unit.training.test_trackers import QUIET_ENV, TRACKED, _scalars, _spec
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict:
+    """A tiny GPT-2 and a 16-row table: 4 rows per update, 4 updates in one epoch."""
+    from tests.support.tiny import build_tiny_model, tiny_corpus
+
+    root = tmp_path_factory.mktemp("trackers")
+    model = build_tiny_model(root / "model", n_embd=32)
+    text = tiny_corpus(32, seed=2)
+    table = pd.DataFrame(
+        {
+            "query": text[:16],
+            "reference_query": text[:16],
+            "response": [" " + t for t in text[16:]],
+            "append_eos": [True] * 16,
+        }
+    )
+    return {"root": root, "model": str(model), "table": write_table(str(root / "t.parquet"), table)}
 
 
 @pytest.mark.integration

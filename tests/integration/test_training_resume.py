@@ -5,9 +5,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
+from alt_core.store import write_table
 from alt_core.training import state as train_state
+from alt_core.training.loop import TrainSpec
 from alt_core.training.state import (
     METRICS_FILE,
 )
@@ -18,6 +21,36 @@ from tests.unit.training.test_training_resume import (
     _spec,
     _step_lines,
 )
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict:
+    """A tiny GPT-2 (with dropout, so RNG state matters) and a 24-row table: 2 rows per
+    micro-batch x 2 micro-batches per update = 6 updates per epoch, 12 over 2 epochs."""
+    from tests.support.tiny import build_tiny_model, tiny_corpus
+
+    root = tmp_path_factory.mktemp("resume")
+    model = build_tiny_model(root / "model")
+    text = tiny_corpus(48, seed=1)
+    table = pd.DataFrame(
+        {
+            "query": ["Excellent. input: " + t for t in text[:24]],
+            "reference_query": text[:24],
+            "response": [" " + t for t in text[24:]],
+            "append_eos": [i % 3 != 0 for i in range(24)],
+        }
+    )
+    return {"root": root, "model": str(model), "table": write_table(str(root / "t.parquet"), table)}
+
+
+@pytest.fixture(scope="module")
+def baseline(setup) -> TrainSpec:
+    spec = _spec(setup, "baseline")
+    summary, lines = _run(spec)
+    assert summary["steps"] == 12 and summary["resumed_from_step"] is None
+    assert _step_lines(lines) == list(range(1, 13))
+    assert _checkpoints(spec) == ["step-00000008", "step-00000012"]  # saved at 4, 8, 12; keep 2
+    return spec
 
 
 @pytest.mark.integration

@@ -77,25 +77,6 @@ def test_tracker_config_is_flat_scalars():
 # ---------------------------------------------------------------------- integration
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory) -> dict:
-    """A tiny GPT-2 and a 16-row table: 4 rows per update, 4 updates in one epoch."""
-    from tests.support.tiny import build_tiny_model, tiny_corpus
-
-    root = tmp_path_factory.mktemp("trackers")
-    model = build_tiny_model(root / "model", n_embd=32)
-    text = tiny_corpus(32, seed=2)
-    table = pd.DataFrame(
-        {
-            "query": text[:16],
-            "reference_query": text[:16],
-            "response": [" " + t for t in text[16:]],
-            "append_eos": [True] * 16,
-        }
-    )
-    return {"root": root, "model": str(model), "table": write_table(str(root / "t.parquet"), table)}
-
-
 def _spec(setup: dict, name: str, report_to: list[str]) -> TrainSpec:
     return TrainSpec(
         policy_path=setup["model"],

@@ -172,26 +172,6 @@ def test_crash_hook_reads_its_variable():
 # ---------------------------------------------------------------------- integration
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory) -> dict:
-    """A tiny GPT-2 (with dropout, so RNG state matters) and a 24-row table: 2 rows per
-    micro-batch x 2 micro-batches per update = 6 updates per epoch, 12 over 2 epochs."""
-    from tests.support.tiny import build_tiny_model, tiny_corpus
-
-    root = tmp_path_factory.mktemp("resume")
-    model = build_tiny_model(root / "model")
-    text = tiny_corpus(48, seed=1)
-    table = pd.DataFrame(
-        {
-            "query": ["Excellent. input: " + t for t in text[:24]],
-            "reference_query": text[:24],
-            "response": [" " + t for t in text[24:]],
-            "append_eos": [i % 3 != 0 for i in range(24)],
-        }
-    )
-    return {"root": root, "model": str(model), "table": write_table(str(root / "t.parquet"), table)}
-
-
 def _spec(setup: dict, name: str, log_every: int = 1, **extra) -> TrainSpec:
     training = {
         "log_every": log_every,
@@ -256,16 +236,6 @@ def _assert_same_training(resumed: TrainSpec, baseline: TrainSpec) -> float:
         worst = max(worst, (a[name] - b[name]).abs().max().item())
     assert worst <= 1e-6
     return worst
-
-
-@pytest.fixture(scope="module")
-def baseline(setup) -> TrainSpec:
-    spec = _spec(setup, "baseline")
-    summary, lines = _run(spec)
-    assert summary["steps"] == 12 and summary["resumed_from_step"] is None
-    assert _step_lines(lines) == list(range(1, 13))
-    assert _checkpoints(spec) == ["step-00000008", "step-00000012"]  # saved at 4, 8, 12; keep 2
-    return spec
 
 
 def test_fetch_skips_a_corrupt_copy_for_an_older_one(tmp_path, s3_run_root):
