@@ -281,8 +281,11 @@ def _datapool_reused(node: Node) -> dict[str, Any]:
     from alt_core.datapool import pool_stats
 
     spec = _spec(node, DatapoolSpec)
+    train = store.commit_info(spec.train_uri)
+    if train is None:  # run_node reuses only committed outputs
+        raise store.ArtifactError(f"{spec.train_uri} is not committed")
     pool = pool_stats(store.read_table(spec.pool_uri))
-    return {"pool_rows": pool.get("rows"), "train_set_rows": len(store.read_table(spec.train_uri))}
+    return {"pool_rows": pool.get("rows"), "train_set_rows": int(train["rows"])}
 
 
 def train(config: RunConfig, node: Node, fp: str, env: StageEnv) -> dict[str, Any]:

@@ -33,7 +33,6 @@ from alt_core.training.loop import (
 )
 from alt_core.training.worker import ensure_single_process_env, worker_command
 
-EOS = "<|endoftext|>"
 CONTROL = "_QUANTILE_TOKEN_0_"
 TEXT = [
     "the movie was great and the actors were wonderful",
