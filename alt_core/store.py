@@ -267,11 +267,13 @@ def _hash_file(path: Path) -> str:
 
 
 def put_dir(local_dir: str | Path, uri: str, meta: dict[str, Any] | None = None) -> str:
-    """Copy a local folder to `uri` and commit it with a per-file hash manifest."""
+    """Copy a local folder to `uri` and commit it with a per-file manifest of hashes and
+    sizes."""
     local_dir = Path(local_dir)
     files = sorted(p for p in local_dir.rglob("*") if p.is_file() and p.name != DIR_COMMIT)
     manifest = {
-        "files": {str(p.relative_to(local_dir)): _hash_file(p) for p in files},
+        "files": {str(p.relative_to(local_dir)): _hash_once(p, full=True) for p in files},
+        "sizes": {str(p.relative_to(local_dir)): p.stat().st_size for p in files},
         "meta": meta or {},
         "committed_at": time.time(),
     }
@@ -294,17 +296,102 @@ def dir_committed(uri: str) -> bool:
     return exists(join(uri, DIR_COMMIT))
 
 
+# Local files whose full hash this process computed, by (path, size, mtime, inode): a
+# committed folder is hashed once per process (or when its files change), and after that
+# only its sizes are checked. `put_dir` seeds it with the hashes it commits.
+_HASHED: dict[tuple[str, int, int, int], str] = {}
+
+
+def _file_key(path: Path) -> tuple[str, int, int, int]:
+    st = path.stat()
+    return (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def _hash_once(path: Path, full: bool) -> str:
+    key = _file_key(path)
+    if full or key not in _HASHED:
+        _HASHED[key] = _hash_file(path)
+    return _HASHED[key]
+
+
+def _local_problem(root: Path, manifest: dict[str, Any], full: bool) -> str | None:
+    sizes = manifest.get("sizes") or {}  # folders committed before sizes were recorded
+    for rel, digest in manifest["files"].items():
+        path = root / rel
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return f"{rel} is missing"
+        if rel in sizes and size != sizes[rel]:
+            return f"{rel} has {size} bytes, {sizes[rel]} were committed"
+        if _hash_once(path, full) != digest:
+            return f"{rel} does not match its commit hash"
+    return None
+
+
+def _remote_problem(uri: str, manifest: dict[str, Any], full: bool) -> str | None:
+    fs, path = _fs(uri)
+    fs.invalidate_cache(path)
+    listed = _retrying("list", uri, fs.find, path, detail=True)
+    found = {
+        PurePosixPath(p).relative_to(path.rstrip("/")).as_posix(): i for p, i in listed.items()
+    }
+    sizes = manifest.get("sizes") or {}
+    for rel, digest in manifest["files"].items():
+        if rel not in found:
+            return f"{rel} is missing"
+        size = int(found[rel].get("size") or 0)
+        if rel in sizes and size != sizes[rel]:
+            return f"{rel} has {size} bytes, {sizes[rel]} were committed"
+        if full and _sha256(read_bytes(join(uri, rel))) != digest:
+            return f"{rel} does not match its commit hash"
+    return None
+
+
+def verify(uri: str, full: bool = False) -> str | None:
+    """Why the committed table or folder at `uri` cannot be trusted, or None when it is
+    intact. A table's bytes are always checked against its commit hash. A folder's files
+    are checked against its manifest: sizes always; local files' hashes once per process
+    (every time with `full`); a remote folder's hashes only with `full` (otherwise when
+    `local_dir` downloads it, which checks every file)."""
+    info = commit_info(uri)
+    if info is not None:
+        try:
+            data = read_bytes(uri)
+        except FileNotFoundError:
+            return "its data is missing"
+        return None if _sha256(data) == info["sha256"] else "it does not match its commit hash"
+    try:
+        manifest = read_json(join(uri, DIR_COMMIT))
+    except FileNotFoundError:
+        return "it is not committed"
+    except ValueError:
+        return "its commit manifest is torn"
+    if is_remote(uri):
+        return _remote_problem(uri, manifest, full)
+    return _local_problem(Path(uri.removeprefix("file://")), manifest, full)
+
+
 def local_dir(uri: str, scratch: str | None = None) -> Path:
-    """A local path holding the committed folder at `uri` (downloaded if remote)."""
+    """A local path holding the committed folder at `uri` (downloaded if remote), its
+    files checked against the commit manifest first (`verify`)."""
     if not dir_committed(uri):
         raise ArtifactError(f"{uri} is not a committed folder")
     if not is_remote(uri):
+        if problem := verify(uri):
+            raise ArtifactError(
+                f"{uri} is damaged: {problem}. Rerun the run (`alt resume`): the stage that "
+                "committed it is redone"
+            )
         return Path(uri.removeprefix("file://"))
     manifest = read_json(join(uri, DIR_COMMIT))
     key = hashlib.sha256(json.dumps(manifest["files"], sort_keys=True).encode()).hexdigest()[:16]
     root = Path(scratch or Path(tempfile.gettempdir()) / "alt-scratch") / key
     if (root / DIR_COMMIT).exists():
-        return root  # the same files (the key is their hashes), downloaded before
+        if _local_problem(root, manifest, full=False) is None:
+            return root  # the same files (the key is their hashes), downloaded before
+        log.warning("the local copy %s of %s is damaged; downloading it again", root, uri)
+        shutil.rmtree(root, ignore_errors=True)
     return get_dir(uri, root, manifest)
 
 

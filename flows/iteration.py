@@ -20,34 +20,42 @@ from alt_core import store
 from alt_core.config import RunConfig
 from alt_core.pipeline import dag
 from alt_core.pipeline.layout import RunInputs, RunLayout
-from alt_core.pipeline.metrics import evaluation_row, iteration_row
-from alt_core.pipeline.specs import StageResult
+from alt_core.pipeline.metrics import StagesRun, evaluation_row, iteration_row
+from alt_core.pipeline.timings import StageTimes, stage_fingerprint
 from tasks_lib.common import logger
 from tasks_lib.reporting import publish_iteration
 from tasks_lib.stages import TASKS
 
 
-def run_stages(
-    config: RunConfig, ctx: dag.Ctx, stages: tuple[dag.Stage, ...]
-) -> tuple[dict[str, list[StageResult]], dict[str, float]]:
-    """Plan and submit each stage in order. Returns every stage's results and its wall
-    time: from the moment the stage it waits on was done (its submission, for the first)
-    to its own last result."""
+def run_stages(config: RunConfig, ctx: dag.Ctx, stages: tuple[dag.Stage, ...]) -> StagesRun:
+    """Plan and submit each stage in order; record each stage's time when it is done or
+    has failed."""
     by_name = {s.name: s for s in stages}
     planned: dict[str, list[dag.Node]] = {}
     futures: dict[str, list[Any]] = {}
-    results: dict[str, list[StageResult]] = {}
-    seconds: dict[str, float] = {}
+    out = StagesRun()
+    times = StageTimes(ctx.layout.timings(ctx.iteration))
     mark = time.perf_counter()
 
     def resolve(name: str) -> None:
         nonlocal mark
-        if name in results:
+        if name in out.results:
             return
         if paired := by_name[name].per_shard_of:
             resolve(paired)
-        results[name] = [f.result() for f in futures[name]]
-        seconds[name], mark = time.perf_counter() - mark, time.perf_counter()
+        try:
+            results = [f.result() for f in futures[name]]
+        except BaseException:
+            times.add(
+                name, time.perf_counter() - mark, _fingerprint(config, planned[name]), "failed"
+            )
+            raise
+        fp, reused = _fingerprint(config, planned[name]), all(r.skipped for r in results)
+        times.add(name, time.perf_counter() - mark, fp, "done", reused=reused)
+        mark = time.perf_counter()
+        out.results[name], out.seconds[name] = results, times.total(name, fp)
+        if reused:
+            out.reused.append(name)
 
     for stage in stages:
         for upstream in stage.after:
@@ -61,7 +69,16 @@ def run_stages(
             futures[stage.name] = [task.submit(config, n) for n in nodes]
     for stage in stages:
         resolve(stage.name)
-    return results, seconds
+    return out
+
+
+def _fingerprint(config: RunConfig, nodes: list[dag.Node]) -> str | None:
+    """The stage's outputs' fingerprint; None when an input cannot be read (then the
+    attempt counts towards nothing)."""
+    try:
+        return stage_fingerprint(n.fingerprint(config) for n in nodes)
+    except (store.ArtifactError, OSError, KeyError, ValueError):
+        return None
 
 
 @flow(name="alt-evaluate", log_prints=True)
@@ -69,10 +86,8 @@ def evaluate_policy(
     config: RunConfig, run_dir: str, iteration: int, inputs: RunInputs
 ) -> dict[str, Any]:
     """Greedy generations on validation prompts, their reward and reference perplexity."""
-    t0 = time.perf_counter()
     ctx = dag.Ctx(config, RunLayout(run_dir), inputs, iteration)
-    results, _ = run_stages(config, ctx, dag.EVALUATION)
-    return evaluation_row(results, time.perf_counter() - t0)
+    return evaluation_row(run_stages(config, ctx, dag.EVALUATION))
 
 
 @flow(name="alt-iteration", log_prints=True)
@@ -82,9 +97,9 @@ def alt_iteration(
     """One ALT iteration: prompts -> samples -> feedback -> datapool -> training -> eval."""
     layout = RunLayout(run_dir)
     ctx = dag.Ctx(config, layout, inputs, iteration)
-    results, seconds = run_stages(config, ctx, dag.ITERATION)
-    row = iteration_row(config, iteration, results, seconds)
-    row.update(evaluate_policy(config, run_dir, iteration, inputs))
+    row = iteration_row(config, iteration, run_stages(config, ctx, dag.ITERATION))
+    evaluation = evaluate_policy(config, run_dir, iteration, inputs)
+    row.update(evaluation, reused=[*row["reused"], *evaluation["reused"]])
     store.write_json(store.join(layout.iteration(iteration), "metrics.json"), row)
     publish_iteration(config, run_dir, iteration, row)
     logger().info(f"iteration {iteration}: {row}")

@@ -71,7 +71,7 @@ THROUGHPUT_ONLY: tuple[str, ...] = (
     "storage",
 )
 
-State = Literal["committed", "stale", "missing"]
+State = Literal["committed", "stale", "missing", "corrupt"]
 
 
 def _drop(tree: dict[str, Any], dotted: str) -> None:
@@ -157,9 +157,16 @@ def present(uri: str) -> bool:
     return store.is_committed(uri) or store.dir_committed(uri)
 
 
-def state(uri: str, expected: str) -> State:
-    """A table counts as committed only if its bytes still match the commit hash, so a
-    corrupted output is redone rather than trained on."""
-    if not (store.is_committed(uri, verify=True) or store.dir_committed(uri)):
-        return "missing"
-    return "committed" if recorded_fingerprint(uri) == expected else "stale"
+def inspect(uri: str, expected: str, full: bool = False) -> tuple[State, str | None]:
+    """The state of one output, and why when it is corrupt. An output counts as committed
+    only if its data still matches its commit record (`store.verify`: a table's hash, a
+    folder's sizes and hashes), so a damaged output is redone rather than trained on."""
+    if not present(uri):
+        return "missing", None
+    if problem := store.verify(uri, full=full):
+        return "corrupt", problem
+    return ("committed" if recorded_fingerprint(uri) == expected else "stale"), None
+
+
+def state(uri: str, expected: str, full: bool = False) -> State:
+    return inspect(uri, expected, full)[0]

@@ -8,6 +8,7 @@
 <run>/iter_NNN/datapool/{pool,train}.parquet
 <run>/iter_NNN/policy/                                 (a committed checkpoint folder)
 <run>/iter_NNN/eval/{prompts,scored,eval}.parquet, metrics.json
+<run>/iter_NNN/metrics.json, timings.json                (every attempt's stage times)
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ class RunLayout:
 
     def table(self, k: int, stage: str, name: str) -> str:
         return join(self.stage(k, stage), f"{name}.parquet")
+
+    def timings(self, k: int) -> str:
+        """Every attempt's time per stage of iteration k (`pipeline.timings`)."""
+        return join(self.iteration(k), "timings.json")
 
     def policy(self, k: int) -> str:
         return join(self.iteration(k), "policy")

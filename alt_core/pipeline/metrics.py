@@ -3,12 +3,14 @@
 Keys (in this order in `iter_NNN/metrics.json`): iteration; train_sample_s,
 train_feedback_s; the judge's counters (judge methods); train_samples and the sampled
 reward's mean, sd, missing count, truncated share and length; datapool_s, pool_rows,
-train_set_rows; train_s, train_loss; the evaluation's valid_* metrics and eval_s.
+train_set_rows; train_s, train_loss; the evaluation's valid_* metrics and eval_s; and
+`reused`, the stages whose outputs this attempt found committed. Every `*_s` is the
+stage's time over all attempts at its current outputs (`pipeline.timings`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -18,7 +20,17 @@ from alt_core.config import RunConfig
 from alt_core.evaluation import eval_metrics
 from alt_core.pipeline.specs import StageResult
 
-Results = Mapping[str, Sequence[StageResult]]
+
+@dataclass
+class StagesRun:
+    """Every stage's results; its time over all attempts at these outputs (this attempt:
+    from the moment the stage it waits on was done, or its submission for the first, to
+    its own last result; see `alt_core.pipeline.timings`); and the stages this attempt
+    reused whole."""
+
+    results: dict[str, list[StageResult]] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    reused: list[str] = field(default_factory=list)
 
 
 def feedback_summary(feedback: pd.DataFrame) -> dict[str, Any]:
@@ -33,15 +45,18 @@ def feedback_summary(feedback: pd.DataFrame) -> dict[str, Any]:
     }
 
 
-def evaluation_row(results: Results, seconds: float) -> dict[str, Any]:
-    (scored,) = results["perplexity"]
-    return {**eval_metrics(store.read_table(scored.uri)), "eval_s": seconds}
+def evaluation_row(run: StagesRun) -> dict[str, Any]:
+    (scored,) = run.results["perplexity"]
+    return {
+        **eval_metrics(store.read_table(scored.uri)),
+        "eval_s": sum(run.seconds.values()),
+        "reused": list(run.reused),
+    }
 
 
-def iteration_row(
-    config: RunConfig, iteration: int, results: Results, seconds: Mapping[str, float]
-) -> dict[str, Any]:
-    """The row of iteration k from its stages' results and per-stage wall times."""
+def iteration_row(config: RunConfig, iteration: int, run: StagesRun) -> dict[str, Any]:
+    """The row of iteration k from its stages' results and times."""
+    results, seconds = run.results, run.seconds
     row: dict[str, Any] = {"iteration": iteration}
     row["train_sample_s"] = seconds["train_sample"]
     row["train_feedback_s"] = seconds["train_feedback"]
@@ -58,4 +73,5 @@ def iteration_row(
     (trained,) = results["train"]
     row["train_s"] = seconds["train"]
     row["train_loss"] = trained.stats.get("final_loss")
+    row["reused"] = list(run.reused)
     return row

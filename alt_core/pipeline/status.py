@@ -5,7 +5,13 @@ does and checks each node's outputs against its fingerprint. An output is
 
 - committed: present, intact, made from the current settings and inputs;
 - stale: present, but its settings or an input changed (or an input will be redone);
-- missing: not committed yet (never run, killed mid-way, or corrupt).
+- missing: not committed yet (never run, or killed mid-way);
+- failed: its last attempt failed and committed nothing (a feedback shard with too many
+  missing judgements), with the cause;
+- corrupt: committed, but its data no longer matches the commit record (a damaged or
+  edited file): a rerun redoes it. `verify=True` (`alt status --verify`) hashes every
+  file of every committed folder; otherwise folders are checked by size and, once per
+  process, by hash.
 """
 
 from __future__ import annotations
@@ -21,41 +27,54 @@ from alt_core.pipeline import dag
 from alt_core.pipeline import fingerprints as fps
 from alt_core.pipeline.layout import RunInputs, RunLayout
 
+# A stage that fails without committing leaves this record beside the output it did not
+# write ({"cause": ..., "message": ...}); the next commit of that output removes it.
+FAILED_SUFFIX = ".failed.json"
+_WORST_FIRST = ("failed", "corrupt", "stale", "missing")
+
 
 @dataclass
 class StageStatus:
     iteration: int
     stage: str
     states: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def state(self) -> str:
-        for worst in ("stale", "missing"):
+        for worst in _WORST_FIRST:
             if worst in self.states:
                 return worst
         return "committed" if self.states else "missing"
 
     @property
     def detail(self) -> str:
-        if len(self.states) <= 1:
-            return ""
-        done = self.states.count("committed")
-        return f"{done}/{len(self.states)} parts committed"
+        parts = []
+        if len(self.states) > 1:
+            done = self.states.count("committed")
+            parts.append(f"{done}/{len(self.states)} parts committed")
+        return "; ".join(parts + sorted(set(self.notes)))
 
 
 class _Walk:
     """Carries which outputs will be redone, so their dependants are reported stale."""
 
-    def __init__(self, config: RunConfig, layout: RunLayout, inputs: RunInputs):
-        self.config, self.layout, self.inputs = config, layout, inputs
+    def __init__(self, config: RunConfig, layout: RunLayout, inputs: RunInputs, verify: bool):
+        self.config, self.layout, self.inputs, self.verify = config, layout, inputs, verify
         self.redo: set[str] = set()
         self.rows: list[StageStatus] = []
 
-    def _output(self, uri: str, inputs: list[str], expected: str | None) -> str:
+    def _output(self, row: StageStatus, uri: str, inputs: list[str], expected: str | None) -> str:
+        problem = None
         if expected is None or any(u in self.redo for u in inputs):
             state = "stale" if fps.present(uri) else "missing"
         else:
-            state = fps.state(uri, expected)
+            state, problem = fps.inspect(uri, expected, full=self.verify)
+        if state == "corrupt":
+            row.notes.append(f"{_name(uri)}: {problem}")
+        if state == "missing" and (failure := _failure(uri)):
+            state = "failed"
+            row.notes.append(f"failed: {failure}")
         if state != "committed":
             self.redo.add(uri)
         return state
@@ -75,13 +94,13 @@ class _Walk:
             try:
                 nodes = stage.plan(ctx, planned)
             except dag.NotReady as exc:
-                states = [self._output(u, [], None) for u in exc.outputs]
+                states = [self._output(row, u, [], None) for u in exc.outputs]
                 row.states += states or ["missing"]
                 continue
             planned[stage.name] = nodes
             for node in nodes:
                 expected = self._expected(node)
-                row.states += [self._output(u, node.inputs, expected) for u in node.outputs]
+                row.states += [self._output(row, u, node.inputs, expected) for u in node.outputs]
 
     def _expected(self, node: dag.Node) -> str | None:
         """The fingerprint, or None when an input it hashes is not readable yet."""
@@ -93,8 +112,24 @@ class _Walk:
             return None
 
 
-def run_status(run_dir: str, config: RunConfig | None = None) -> list[dict[str, Any]]:
-    """Per iteration and stage: committed, stale or missing."""
+def _name(uri: str) -> str:
+    return uri.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _failure(uri: str) -> str | None:
+    """The cause recorded by the last failed attempt at `uri`, if one failed."""
+    try:
+        record = store.read_json(uri + FAILED_SUFFIX)
+    except (FileNotFoundError, ValueError):
+        return None
+    return str(record.get("cause") or "unknown cause") if isinstance(record, dict) else None
+
+
+def run_status(
+    run_dir: str, config: RunConfig | None = None, verify: bool = False
+) -> list[dict[str, Any]]:
+    """Per iteration and stage: committed, stale, missing, failed or corrupt; `verify`
+    checks every committed file's full hash."""
     layout = RunLayout(run_dir)
     if config is None:
         if not store.exists(layout.config):
@@ -102,7 +137,8 @@ def run_status(run_dir: str, config: RunConfig | None = None) -> list[dict[str, 
         config = RunConfig.model_validate(yaml.safe_load(store.read_bytes(layout.config)))
     if not store.exists(layout.inputs):
         return [{"iteration": 0, "stage": "prepare", "state": "missing", "detail": ""}]
-    walk = _Walk(config, layout, RunInputs.model_validate(store.read_json(layout.inputs)))
+    inputs = RunInputs.model_validate(store.read_json(layout.inputs))
+    walk = _Walk(config, layout, inputs, verify)
     if config.evaluation.evaluate_initial:
         walk.walk(dag.EVALUATION, 0)
     for k in range(1, config.iterations + 1):

@@ -77,7 +77,8 @@ def outcome(run_dir: str) -> tuple[pd.DataFrame, list[dict]]:
     pool = pool.sort_values(["prompt_id", "generation", "reward"]).reset_index(drop=True)
     rows = store.read_json(layout.metrics)["iterations"]
     timeless = [
-        {k: v for k, v in r.items() if not k.endswith("_s") and k != "skipped"} for r in rows
+        {k: v for k, v in r.items() if not k.endswith("_s") and k not in ("skipped", "reused")}
+        for r in rows
     ]
     return pool, timeless
 
@@ -119,6 +120,7 @@ def test_kill_inside_a_stage_then_resume(fault, value, fault_config, api_env, re
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert not store.exists(RunLayout(run_dir).metrics)
     before = commit_times(run_dir)
+    spent = stage_seconds(run_dir)
 
     resumed = alt(["resume", run_dir], api_env)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
@@ -132,6 +134,23 @@ def test_kill_inside_a_stage_then_resume(fault, value, fault_config, api_env, re
     pool, metrics = outcome(run_dir)
     pd.testing.assert_frame_equal(pool, ref_pool)
     assert_same_metrics(metrics, ref_metrics)
+    # The table reports what every stage cost over both attempts, and what was reused.
+    (row,) = [
+        r for r in store.read_json(RunLayout(run_dir).metrics)["iterations"] if r["iteration"] == 1
+    ]
+    for stage, seconds in spent.items():
+        assert row[f"{stage}_s"] >= seconds > 0, stage
+        assert stage in row["reused"]
+
+
+def stage_seconds(run_dir: str) -> dict[str, float]:
+    """What the first attempt spent on the iteration-1 stages it finished."""
+    uri = RunLayout(run_dir).timings(1)
+    attempts = store.read_json(uri)["attempts"] if store.exists(uri) else []
+    keys = {"train_sample", "train_feedback", "datapool", "train"}
+    return {
+        a["stage"]: a["seconds"] for a in attempts if a["stage"] in keys and a["outcome"] == "done"
+    }
 
 
 def assert_same_metrics(a: list[dict], b: list[dict]) -> None:
@@ -158,7 +177,8 @@ def test_corrupt_artifact_is_detected_and_only_it_redone(reference, api_env, tmp
     before = commit_times(run_dir)
 
     status = alt(["status", run_dir], api_env)
-    assert status.returncode == 0 and "missing" in status.stdout
+    assert status.returncode == 0 and "corrupt" in status.stdout
+    assert "1 corrupt" in status.stdout.splitlines()[-1]
 
     resumed = alt(["resume", run_dir], api_env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -168,6 +188,40 @@ def test_corrupt_artifact_is_detected_and_only_it_redone(reference, api_env, tmp
     pool, metrics = outcome(run_dir)
     pd.testing.assert_frame_equal(pool, reference[1][0])
     assert_same_metrics(metrics, reference[1][1])
+
+
+def test_a_flipped_byte_in_a_committed_policy_redoes_its_training(reference, api_env, tmp_path):
+    import shutil
+
+    run_dir = str(tmp_path / "run")
+    shutil.copytree(reference[0], run_dir)
+    layout = RunLayout(run_dir)
+    weights = Path(layout.policy(1)) / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    for i in range(64):  # 64 flipped bytes, the size unchanged
+        data[len(data) // 3 + 97 * i] ^= 0x5A
+    weights.write_bytes(bytes(data))
+    trained_at = store.read_json(store.join(layout.policy(1), store.DIR_COMMIT))["committed_at"]
+
+    verify = alt(["status", "--verify", run_dir], api_env)
+    assert verify.returncode == 1, verify.stdout + verify.stderr
+    assert "model.safetensors does not match its commit hash" in verify.stdout
+    assert "1 corrupt" in verify.stdout
+
+    resumed = alt(["resume", run_dir], api_env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "is damaged (model.safetensors does not match its commit hash); redoing it" in (
+        resumed.stdout + resumed.stderr
+    )
+    manifest = store.read_json(store.join(layout.policy(1), store.DIR_COMMIT))
+    assert manifest["committed_at"] > trained_at
+    # The same training redone gives the same weights, so nothing after it was redone.
+    assert alt(["status", "--verify", run_dir], api_env).returncode == 0
+    pool, metrics = outcome(run_dir)
+    pd.testing.assert_frame_equal(pool, reference[1][0])
+    assert_same_metrics(metrics, reference[1][1])
+    (row,) = [r for r in store.read_json(layout.metrics)["iterations"] if r["iteration"] == 1]
+    assert "train" not in row["reused"] and "train_sample" in row["reused"]
 
 
 def test_status_of_finished_run_and_changed_setting(reference, api_env, fault_config):

@@ -148,6 +148,37 @@ def test_local_copy_checks_hashes(s3_run_root, tmp_path):
     assert not scratch.exists() or not any(scratch.iterdir())  # the failed copy is gone
 
 
+def test_verify_checks_remote_sizes_and_with_full_hashes(s3_run_root, tmp_path):
+    uri = f"{s3_run_root}/verified/policy"
+    src = _model_dir(tmp_path / "model")
+    store.put_dir(src, uri)
+    assert store.verify(uri) is None and store.verify(uri, full=True) is None
+    fs, path = fsspec.core.url_to_fs(f"{uri}/model.safetensors")
+    original = (src / "model.safetensors").read_bytes()
+    flipped = bytes([original[0] ^ 0xFF]) + original[1:]
+    fs.pipe_file(path, flipped)  # same size: only the full check sees it
+    assert store.verify(uri) is None
+    assert store.verify(uri, full=True) == "model.safetensors does not match its commit hash"
+    fs.pipe_file(path, original + b"x")
+    assert store.verify(uri) == (
+        f"model.safetensors has {len(original) + 1} bytes, {len(original)} were committed"
+    )
+    fs.rm_file(path)
+    assert store.verify(uri) == "model.safetensors is missing"
+
+
+def test_a_damaged_local_copy_is_downloaded_again(s3_run_root, tmp_path):
+    uri = f"{s3_run_root}/recopied/policy"
+    src = _model_dir(tmp_path / "model")
+    store.put_dir(src, uri)
+    scratch = tmp_path / "scratch"
+    local = store.local_dir(uri, str(scratch))
+    (local / "model.safetensors").write_bytes(b"damaged")
+    again = store.local_dir(uri, str(scratch))
+    assert again == local
+    assert (again / "model.safetensors").read_bytes() == (src / "model.safetensors").read_bytes()
+
+
 def test_run_layout_on_s3(s3_run_root, tmp_path):
     layout = RunLayout(s3_run_root + "/")
     shard = layout.shard(1, "train_samples", 0)

@@ -256,20 +256,6 @@ def demo_cache_key(seed: int, settings: DemoModelSettings) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def _dir_intact(uri: str) -> bool:
-    """A committed folder whose files all match the hashes in its commit manifest."""
-    if not store.dir_committed(uri):
-        return False
-    try:
-        manifest = store.read_json(store.join(uri, store.DIR_COMMIT))
-        return bool(manifest["files"]) and all(
-            hashlib.sha256(store.read_bytes(store.join(uri, rel))).hexdigest() == digest
-            for rel, digest in manifest["files"].items()
-        )
-    except (OSError, KeyError, ValueError):
-        return False
-
-
 def _cached_model(root: str, log: Log) -> str | None:
     """The committed model the cache pointer names, or None when it must be (re)built."""
     pointer = store.join(root, "model.json")
@@ -280,9 +266,13 @@ def _cached_model(root: str, log: Log) -> str | None:
     except (OSError, KeyError, ValueError):
         log(f"demo cache: unreadable pointer {pointer}; rebuilding")
         return None
-    if _dir_intact(uri):
+    try:
+        problem = store.verify(uri, full=True)
+    except OSError as exc:
+        problem = str(exc)
+    if problem is None:
         return uri
-    log(f"demo cache: {uri} is uncommitted or corrupt; rebuilding")
+    log(f"demo cache: {uri} cannot be used ({problem}); rebuilding")
     return None
 
 
