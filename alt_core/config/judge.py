@@ -8,12 +8,15 @@ client opens its connection pool.
 
 from __future__ import annotations
 
+import os
 import re
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# An integer, never a float or a bool (see `alt_core.config.models.Count`).
+_Count = Annotated[int, Strict()]
 # The request settings, beside the model, template and text, that change an answer.
 ANSWER_FIELDS = ("temperature", "max_tokens", "extra_body")
 
@@ -22,10 +25,19 @@ class JudgeConfigError(ValueError):
     """The judge cannot be used as configured; the message says what to change."""
 
 
+def template_is_path(template: str) -> bool:
+    """Whether feedback.judge.template names a template file (a path or a store URI)
+    rather than a built-in template (a bare name, looked up in the templates folder)."""
+    return template.endswith((".yaml", ".yml")) or "/" in template or os.sep in template
+
+
 class JudgeConfig(BaseModel):
     # hide_input_in_errors: a key pasted into the wrong field must not be echoed back in
     # the validation error (which ends up in logs and flow run states).
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, hide_input_in_errors=True)
+    # allow_inf_nan: every number is finite (a rate limit of .inf is "none", which is None).
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, hide_input_in_errors=True, allow_inf_nan=False
+    )
 
     base_url: str = Field(
         "https://api.openai.com/v1",
@@ -42,9 +54,11 @@ class JudgeConfig(BaseModel):
         "hh_steerlm, demo_review_lmu) or a path to a template YAML file.",
     )
     temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature of the judge.")
-    max_tokens: int = Field(256, gt=0, description="Cap on tokens the judge writes per answer.")
-    max_concurrency: int = Field(
-        32, gt=0, description="Requests in flight at once (the client's semaphore)."
+    max_tokens: _Count = Field(
+        256, gt=0, le=1 << 20, description="Cap on tokens the judge writes per answer."
+    )
+    max_concurrency: _Count = Field(
+        32, gt=0, le=4096, description="Requests in flight at once (the client's semaphore)."
     )
     requests_per_minute: float | None = Field(
         None, gt=0, description="Request rate limit (token bucket); None: no limit."
@@ -58,9 +72,10 @@ class JudgeConfig(BaseModel):
     timeout_s: float = Field(
         60.0, gt=0, description="Per-request timeout in seconds (connect, read and write each)."
     )
-    max_retries: int = Field(
+    max_retries: _Count = Field(
         5,
         ge=0,
+        le=100,
         description="Retries of one request after a transient failure (connection error, "
         "timeout, 429, 5xx, malformed body); then the judgement is recorded as missing.",
     )
@@ -93,9 +108,10 @@ class JudgeConfig(BaseModel):
         description="Also cache answers that stayed unparseable after the repair attempt, so a "
         "rerun reproduces them and pays nothing; False asks the judge again on the next run.",
     )
-    cache_flush_every: int = Field(
+    cache_flush_every: _Count = Field(
         500,
         gt=0,
+        le=1_000_000,
         description="Write new cache entries to the store after this many, so a crash loses "
         "at most this many paid judgements.",
     )

@@ -1,18 +1,20 @@
 """The RunConfig tree: one pydantic model per config section, with its cross-field checks.
 
 One model tree describes a whole run. The same models are the Prefect flow parameters,
-so the UI form is typed and documented. Unknown keys are rejected, and the cross-field
-rules run in `RunConfig`'s validator. Validators read no files: the checks that do (a
-judge template must suit the method) run in `alt_core.config.loading.check_config_files`,
+so the UI form is typed and documented (a deployed flow takes `RunSettings`, the same
+fields without the cross-field rules, as settings over a preset). Unknown keys are
+rejected, numbers must be finite and within their bounds, and the cross-field rules run
+in `RunConfig`'s validator. Validators read no files: the checks that do (a judge
+template must suit the method) run in `alt_core.config.loading.check_config_files`,
 which `validate_config` and `load_config` call.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
 
 from alt_core.config.judge import JudgeConfig
 from alt_core.methods import METHODS, FeedbackKind, Method, method_spec
@@ -30,7 +32,22 @@ class StrictModel(BaseModel):
         validate_assignment=True,
         use_enum_values=False,
         hide_input_in_errors=True,
+        # inf and nan are refused wherever a float is read (from YAML `.inf`, JSON, ...).
+        allow_inf_nan=False,
     )
+
+
+# A count: an integer, never a float or a bool (lax mode would read 2.0 or true as an
+# int, and a JSON client's 1e18 as 10**18). Every count field also has an upper bound,
+# far above any real run but low enough that a stray exponent or extra zeros is refused
+# before it sizes a loop or an allocation.
+Count = Annotated[int, Strict()]
+MAX_TOKENS = 1 << 20  # token lengths
+MAX_ROWS = 100_000_000  # prompts, generations, samples
+MAX_BATCH = 1 << 16  # batch sizes, sequences at once
+MAX_PARALLEL = 1024  # shards, processes, devices, concurrent jobs
+MAX_STEPS = 1_000_000_000  # optimizer-step intervals
+MAX_SEED = 2**32 - 1
 
 
 Dtype = Literal["auto", "float32", "float16", "bfloat16"]
@@ -74,40 +91,63 @@ class DataConfig(StrictModel):
         "'chosen' column of Anthropic/hh-rlhf), cut after its last '\\n\\nAssistant:' so "
         "that the policy writes the assistant's last reply.",
     )
-    prompts_per_iteration: int = Field(
-        2048, gt=0, description="Prompts drawn uniformly with replacement per iteration."
+    prompts_per_iteration: Count = Field(
+        2048,
+        gt=0,
+        le=MAX_ROWS,
+        description="Prompts drawn uniformly with replacement per iteration.",
     )
-    num_valid_prompts: int | None = Field(
-        None, gt=0, description="Use only the first N validation prompts (None: all)."
+    num_valid_prompts: Count | None = Field(
+        None, gt=0, le=MAX_ROWS, description="Use only the first N validation prompts (None: all)."
     )
-    max_prompt_tokens: int = Field(
-        512, gt=0, description="Longer prompts are cut from the left to this many tokens."
+    max_prompt_tokens: Count = Field(
+        512,
+        gt=0,
+        le=MAX_TOKENS,
+        description="Longer prompts are cut from the left to this many tokens.",
     )
-    demo_num_train: int = Field(4000, gt=0, description="Demo only: train prompts generated.")
-    demo_num_valid: int = Field(128, gt=0, description="Demo only: validation prompts generated.")
+    demo_num_train: Count = Field(
+        4000, gt=0, le=MAX_ROWS, description="Demo only: train prompts generated."
+    )
+    demo_num_valid: Count = Field(
+        128, gt=0, le=MAX_ROWS, description="Demo only: validation prompts generated."
+    )
 
 
 class SamplingConfig(StrictModel):
     backend: Literal["vllm", "hf"] = Field(
         "vllm", description="Generation engine: vLLM (CPU or GPU build) or transformers' generate."
     )
-    num_generations: int = Field(20, gt=0, description="Generations per prompt (train).")
+    num_generations: Count = Field(
+        20, gt=0, le=MAX_BATCH, description="Generations per prompt (train)."
+    )
     temperature: float = Field(0.9, ge=0, description="Sampling temperature (train).")
     top_p: float = Field(0.9, gt=0, le=1, description="Nucleus sampling mass (train).")
-    max_new_tokens: int = Field(64, gt=0, description="Maximum generated tokens (train).")
-    num_shards: int = Field(1, gt=0, description="Contiguous prompt shards, one engine each.")
-    concurrency: int = Field(
-        1, gt=0, description="Shards that run at once (GPU slots on GPUs, core groups on CPU)."
+    max_new_tokens: Count = Field(
+        64, gt=0, le=MAX_TOKENS, description="Maximum generated tokens (train)."
     )
-    tensor_parallel_size: int = Field(1, gt=0, description="vLLM tensor parallel degree.")
+    num_shards: Count = Field(
+        1, gt=0, le=MAX_PARALLEL, description="Contiguous prompt shards, one engine each."
+    )
+    concurrency: Count = Field(
+        1,
+        gt=0,
+        le=MAX_PARALLEL,
+        description="Shards that run at once (GPU slots on GPUs, core groups on CPU).",
+    )
+    tensor_parallel_size: Count = Field(
+        1, gt=0, le=MAX_PARALLEL, description="vLLM tensor parallel degree."
+    )
     gpu_memory_utilization: float = Field(
         0.85, gt=0, le=1, description="vLLM's memory share for weights and KV cache on a GPU."
     )
     cpu_kvcache_gib: float = Field(
-        1.0, gt=0, description="CPU build only: GiB of host memory for vLLM's KV cache."
+        1.0, gt=0, le=1 << 20, description="CPU build only: GiB of host memory for vLLM's KV cache."
     )
     enforce_eager: bool = Field(True, description="Skip CUDA-graph / torch.compile warm-up.")
-    max_num_seqs: int = Field(256, gt=0, description="vLLM's cap on sequences in one batch.")
+    max_num_seqs: Count = Field(
+        256, gt=0, le=MAX_BATCH, description="vLLM's cap on sequences in one batch."
+    )
 
 
 Provider = Literal["auto", "sentiment", "reward_model", "rule_critic", "judge"]
@@ -167,16 +207,31 @@ class FeedbackConfig(StrictModel):
         "feedback.reward_model is set, otherwise it must be named.",
     )
     reward_model: str | None = Field(None, description="Reward model name or path (reward_model).")
-    batch_size: int = Field(32, gt=0, description="Reward model batch size.")
-    max_length: int = Field(550, gt=0, description="Reward model input truncation, in tokens.")
-    concurrency: int = Field(
-        1, gt=0, description="Feedback shards (one per sampling shard) that run at once."
+    batch_size: Count = Field(32, gt=0, le=MAX_BATCH, description="Reward model batch size.")
+    max_length: Count = Field(
+        550, gt=0, le=MAX_TOKENS, description="Reward model input truncation, in tokens."
+    )
+    concurrency: Count = Field(
+        1,
+        gt=0,
+        le=MAX_PARALLEL,
+        description="Feedback shards (one per sampling shard) that run at once.",
     )
     judge: JudgeConfig = Field(
         default_factory=JudgeConfig,
         description="The LLM judge (provider 'judge'): endpoint, model, prompt template (its "
         "parser must suit the method: lmu for alt_lmu, lmc for alt_lmc, steerlm for steerlm), "
         "concurrency, rate limits and retries. The API key is never set here.",
+    )
+    max_missing_share: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Largest share of a feedback shard's rows (those with a generation) whose "
+        "feedback may be missing, an unparseable judge answer included; above it the shard "
+        "fails with the causes (judge unreachable, HTTP 401, 429 budget spent, unparseable, "
+        "...) and is not committed, and a rerun asks only for what is missing. 0: every row "
+        "needs feedback; 1: never fail.",
     )
     judge_cache: str | None = Field(
         None,
@@ -206,16 +261,24 @@ class DatapoolConfig(StrictModel):
     drop_factor: float = Field(
         1.0, ge=0, le=1, description="Share of the pool flushed each iteration (1.0: empty it)."
     )
-    num_quantiles: int = Field(5, gt=0, description="Reward quantiles per prompt (Quark, ALT_RM).")
+    num_quantiles: Count = Field(
+        5, gt=0, le=1000, description="Reward quantiles per prompt (Quark, ALT_RM)."
+    )
     quantile_phrases: list[str] = Field(
         default_factory=lambda: ["Excellent.", "Good.", "Mediocre.", "Bad.", "Horrible."],
         description="ALT_RM: the feedback phrase of each quantile, best first.",
     )
-    num_samples_per_quantile: int = Field(
-        2, gt=0, description="Quark/ALT_RM: training samples drawn per prompt and quantile."
+    num_samples_per_quantile: Count = Field(
+        2,
+        gt=0,
+        le=MAX_BATCH,
+        description="Quark/ALT_RM: training samples drawn per prompt and quantile.",
     )
-    num_samples_per_prompt: int = Field(
-        8, gt=0, description="ALT_LMU/LMC/SteerLM: samples per prompt, spread over buckets."
+    num_samples_per_prompt: Count = Field(
+        8,
+        gt=0,
+        le=MAX_BATCH,
+        description="ALT_LMU/LMC/SteerLM: samples per prompt, spread over buckets.",
     )
     feedback_prefix: str | None = Field(
         None, description="Text before the feedback (default: '' for ALT_RM, 'feedback: ' else)."
@@ -224,11 +287,17 @@ class DatapoolConfig(StrictModel):
 
 
 class TrainingConfig(StrictModel):
-    learning_rate: float = Field(2e-5, gt=0, description="AdamW peak learning rate.")
+    learning_rate: float = Field(2e-5, gt=0, le=1, description="AdamW peak learning rate.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    epochs: int = Field(2, gt=0, description="Epochs over the training set per iteration.")
-    per_device_batch_size: int = Field(8, gt=0, description="Sequences per device per step.")
-    gradient_accumulation_steps: int = Field(1, gt=0, description="Micro-batches per update.")
+    epochs: Count = Field(
+        2, gt=0, le=1000, description="Epochs over the training set per iteration."
+    )
+    per_device_batch_size: Count = Field(
+        8, gt=0, le=MAX_BATCH, description="Sequences per device per step."
+    )
+    gradient_accumulation_steps: Count = Field(
+        1, gt=0, le=MAX_BATCH, description="Micro-batches per update."
+    )
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of steps of linear warmup.")
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping (None: off).")
     kl_coef: float = Field(0.05, ge=0, description="beta: weight of KL(reference || policy).")
@@ -241,24 +310,31 @@ class TrainingConfig(StrictModel):
     mixed_precision: Literal["no", "fp16", "bf16"] = Field(
         "no", description="Mixed precision (GPU only; the CPU path trains in fp32)."
     )
-    num_processes: int = Field(1, gt=0, description="Training processes (one per GPU).")
-    max_seq_len: int = Field(1024, gt=0, description="Prompt plus response tokens, at most.")
-    checkpoint_every: int = Field(
+    num_processes: Count = Field(
+        1, gt=0, le=MAX_PARALLEL, description="Training processes (one per GPU)."
+    )
+    max_seq_len: Count = Field(
+        1024, gt=0, le=MAX_TOKENS, description="Prompt plus response tokens, at most."
+    )
+    checkpoint_every: Count = Field(
         50,
         ge=0,
+        le=MAX_STEPS,
         description="Save the full training state (weights, optimizer, LR schedule, RNG, data "
         "position) every N optimizer steps and after the last; a killed training resumes from "
         "the newest. 0: only at the end.",
     )
-    keep_checkpoints: int = Field(
+    keep_checkpoints: Count = Field(
         2,
         gt=0,
+        le=1000,
         description="Newest training-state checkpoints kept (on local disk and, for an s3:// "
         "run folder, in the bucket).",
     )
-    log_every: int = Field(
+    log_every: Count = Field(
         10,
         gt=0,
+        le=MAX_STEPS,
         description="Print the step line (loss terms, lr, grad norm) every N optimizer steps, "
         "and for the first step of a start or resume and the last; every step is recorded "
         "in the policy's train_metrics.json and sent to the trackers regardless.",
@@ -272,10 +348,15 @@ class TrainingConfig(StrictModel):
 
 
 class EvaluationConfig(StrictModel):
-    max_new_tokens: int | None = Field(
-        None, gt=0, description="Greedy generation length (None: sampling.max_new_tokens)."
+    max_new_tokens: Count | None = Field(
+        None,
+        gt=0,
+        le=MAX_TOKENS,
+        description="Greedy generation length (None: sampling.max_new_tokens).",
     )
-    batch_size: int = Field(16, gt=0, description="Batch size for reference perplexity.")
+    batch_size: Count = Field(
+        16, gt=0, le=MAX_BATCH, description="Batch size for reference perplexity."
+    )
     evaluate_initial: bool = Field(True, description="Also evaluate the initial policy.")
 
 
@@ -289,11 +370,19 @@ class StorageConfig(StrictModel):
     )
 
 
-class RunConfig(StrictModel):
+class RunSettings(StrictModel):
+    """The fields of a RunConfig, each checked on its own but not against the others: what
+    a deployed flow's `config` parameter holds, the settings given on top of its preset
+    (`alt_core.config.loading.config_from_preset` merges and checks them as a whole).
+    Checking the cross-field rules on such a partial config would judge it against the
+    model's defaults, not the preset's."""
+
     name: str = Field("alt-run", description="Run name, shown in Prefect and the report.")
     method: Method = Field(Method.ALT_RM, description=", ".join(m.value for m in Method) + ".")
-    iterations: int = Field(3, gt=0, description="ALT iterations (K).")
-    seed: int = Field(0, description="Base seed; each iteration and stage derives its own.")
+    iterations: Count = Field(3, gt=0, le=1000, description="ALT iterations (K).")
+    seed: Count = Field(
+        0, ge=0, le=MAX_SEED, description="Base seed; each iteration and stage derives its own."
+    )
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
@@ -302,6 +391,10 @@ class RunConfig(StrictModel):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
+
+
+class RunConfig(RunSettings):
+    """A whole run's configuration, its cross-field rules checked."""
 
     @model_validator(mode="after")
     def _check_cross_fields(self) -> RunConfig:

@@ -19,10 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
 from alt_core import store
-from alt_core.config import RunConfig
+from alt_core.config import RunConfig, load_run_config
 from alt_core.pipeline import dag
 from alt_core.pipeline import fingerprints as fps
 from alt_core.pipeline.layout import RunInputs, RunLayout
@@ -134,7 +132,7 @@ def run_status(
     if config is None:
         if not store.exists(layout.config):
             raise FileNotFoundError(f"{run_dir} holds no run (no config.yaml); check the path")
-        config = RunConfig.model_validate(yaml.safe_load(store.read_bytes(layout.config)))
+        config = load_run_config(layout.config)
     if not store.exists(layout.inputs):
         return [{"iteration": 0, "stage": "prepare", "state": "missing", "detail": ""}]
     inputs = RunInputs.model_validate(store.read_json(layout.inputs))

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from alt_core import store
-from alt_core.config import ConfigError, RunConfig, validate_config
+from alt_core.config import ConfigError, RunConfig, read_config_text
 from alt_core.methods import bucket_namer, method_spec
 from alt_core.pipeline.layout import RunLayout
 
@@ -83,12 +83,11 @@ class RunData:
 def _read_config(layout: RunLayout) -> tuple[RunConfig | None, str]:
     if not store.exists(layout.config):
         return None, ""
-    import yaml
-
-    text = store.read_bytes(layout.config).decode()
+    data = store.read_bytes(layout.config)
+    text = data.decode(errors="replace")
     try:
-        return validate_config(yaml.safe_load(text) or {}), text
-    except (ConfigError, yaml.YAMLError):  # a config of an older version: show it as text
+        return read_config_text(data, layout.config), text
+    except ConfigError:  # a config of an older version: show it as text
         return None, text
 
 
