@@ -109,7 +109,14 @@ class RewardModelProvider(FeedbackProvider):
         if len(present):
             texts = join_prompt_generation(present["prompt"], present["generation"])
             reward.loc[present.index] = self.rewards(texts.tolist())
-        reason = reason_where(missing, "no generation")
+        # A NaN or infinite reward (an overflow in fp16, a broken head) is missing feedback,
+        # counted against feedback.max_missing_share, never a reward to train on; its
+        # reason starts with its cause (see base.missing_causes).
+        broken = ~missing & ~np.isfinite(reward)
+        reward = reward.where(~broken, np.nan)
+        reason = reason_where(missing, "no generation").where(
+            ~broken, "non_finite: the reward model returned a NaN or infinite reward"
+        )
         return feedback_frame(df.index, reward=reward, missing_reason=reason)
 
     def close(self) -> None:
@@ -131,12 +138,15 @@ def _load(path: str, dtype, trust_remote_code: bool):
             num_labels=1,
             dtype=dtype,
             trust_remote_code=trust_remote_code,
+            # Safetensors only: a pickled pytorch_model.bin in a model folder is never read.
+            use_safetensors=True,
             output_loading_info=True,
         )
     except (OSError, ValueError, RuntimeError) as exc:
         raise RewardModelError(
             f"cannot load reward model {path!r}: {exc}. Set feedback.reward_model to a "
-            f"sequence-classification checkpoint with one label (local folder or hub name)"
+            f"sequence-classification checkpoint with one label (local folder or hub name) "
+            f"whose weights are safetensors"
         ) from exc
     if info.get("missing_keys"):
         # A causal LM loads here too, with a randomly initialised head: refuse it rather

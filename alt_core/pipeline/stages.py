@@ -224,8 +224,11 @@ def feedback(config: RunConfig, node: Node, fp: str, env: StageEnv) -> dict[str,
 
 def score_feedback(spec: FeedbackSpec, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Score one samples shard with the configured provider and commit the result; slow
-    providers (a judge, a reward model) report their progress to `log`."""
+    providers (a judge, a reward model) report their progress to `log`. A shard with more
+    missing feedback than `feedback.max_missing_share` is not committed: a failure record
+    (`<output>.failed.json`, which `alt status` shows) is written and the error raised."""
     from alt_core.feedback import get_provider
+    from alt_core.feedback.base import FeedbackIncompleteError, check_complete
     from alt_core.schemas import FEEDBACK, OPTIONAL_FEEDBACK
 
     samples = store.read_table(spec.input_uri)
@@ -233,6 +236,20 @@ def score_feedback(spec: FeedbackSpec, log: Callable[[str], None] = print) -> di
     provider = get_provider(spec.config)
     provider.progress = log
     scored = provider.score(samples)
+    # <run>/iter_NNN/<stage>/shard_NNN.parquet (RunLayout.shard)
+    run_dir, *where = spec.output_uri.rsplit("/", 3)
+    failure = spec.output_uri + ".failed.json"
+    try:
+        causes = check_complete(
+            scored,
+            spec.config.feedback.max_missing_share,
+            shard="/".join(where).removesuffix(".parquet"),
+            rerun=f"alt resume {run_dir}",
+            provider=provider,
+        )
+    except FeedbackIncompleteError as exc:
+        store.write_json(failure, exc.marker())
+        raise
     out = samples.copy()
     # A judge's raw answer is kept beside the parsed columns, so a missing judgement can
     # be read with the reason it is missing.
@@ -242,10 +259,12 @@ def score_feedback(spec: FeedbackSpec, log: Callable[[str], None] = print) -> di
             out[col] = scored[col].to_numpy() if col in scored.columns else None
     crash_if(shard_point(spec.output_uri))
     store.write_table(spec.output_uri, out[columns], meta={"fingerprint": spec.fingerprint})
+    store.remove(failure)  # an earlier attempt's failure, now mended
     stats = getattr(provider, "last_stats", {}) or {}
     return {
         "rows": len(out),
         "missing": int(out["reward"].isna().sum()),
+        **{f"missing_{cause}": n for cause, n in causes.items()},
         "seconds": round(time.perf_counter() - t0, 2),
         **{f"judge_{k}": v for k, v in stats.items()},
     }

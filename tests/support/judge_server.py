@@ -4,10 +4,13 @@ It answers `POST /v1/chat/completions` with scripted critiques in a template's f
 (lmu JSON critique, lmc category, steerlm attribute values), and injects faults, either
 at configured rates (seeded) or per judgement in a fixed order:
 
-  ok, 429 (with Retry-After), 500, 400, slow (answers after `slow_s`, past the client's
-  timeout), drop (closes the connection without an answer), truncated_body (a 200 whose
-  JSON body is cut in half), truncated_answer (a valid body whose critique is cut off),
-  off_format (a valid body with chatter instead of the format).
+  ok, 429 (with Retry-After), 500, 400, 401 (the key refused), slow (answers after
+  `slow_s`, past the client's timeout), drop (closes the connection without an answer),
+  truncated_body (a 200 whose JSON body is cut in half), truncated_answer (a valid body
+  whose critique is cut off), off_format (a valid body with chatter instead of the format).
+
+`error_fn(fault, key)`, when given, writes the plain-text body of every error answer
+(a server that echoes secrets back, for instance).
 
 It runs on loopback, port 0, in a background thread (`JudgeServer`) or as a subprocess
 (`python tests/judge_server.py --delay 0.2`, prints its URL). Counters are exposed on the
@@ -37,6 +40,7 @@ FAULTS = (
     "429",
     "500",
     "400",
+    "401",
     "slow",
     "drop",
     "truncated_body",
@@ -99,6 +103,7 @@ class JudgeServer:
         repair_marker: str = "could not be read",
         echo_auth: bool = False,
         answer_fn: Callable[[str], str] | None = None,
+        error_fn: Callable[[str, str], str] | None = None,
     ):
         unknown = set(rates or {}) - set(FAULTS)
         unknown |= {f for faults in (script or {}).values() for f in faults} - set(FAULTS)
@@ -113,6 +118,7 @@ class JudgeServer:
         self.repair_marker = repair_marker
         self.echo_auth = echo_auth
         self.answer_fn = answer_fn or (lambda key: scripted_answer(self.style, key))
+        self.error_fn = error_fn
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self.reset()
@@ -190,6 +196,12 @@ class JudgeServer:
         return await self._respond(request, fault, key, model, messages)
 
     async def _respond(self, request, fault, key, model, messages) -> web.StreamResponse:
+        status = {"429": 429, "500": 500, "400": 400, "401": 401}.get(fault)
+        if status is not None and self.error_fn is not None:
+            headers = {"Retry-After": f"{self.retry_after_s:g}"} if status == 429 else None
+            return web.Response(status=status, text=self.error_fn(fault, key), headers=headers)
+        if fault == "401":
+            return _error(401, "invalid api key (injected)")
         if fault == "429":
             return _error(429, "rate limited", {"Retry-After": f"{self.retry_after_s:g}"})
         if fault == "500":

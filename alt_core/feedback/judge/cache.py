@@ -29,7 +29,7 @@ from alt_core.feedback.judge.templates import JudgeTemplate
 log = logging.getLogger(__name__)
 
 # What one cached judgement holds; the same shape as one output row of the client.
-ENTRY_FIELDS = ["feedback", "score", "analysis", "missing_reason", "raw_answer"]
+ENTRY_FIELDS = ["feedback", "score", "analysis", "missing_reason", "raw_answer", "missing_cause"]
 
 
 class JudgeCache:
@@ -76,7 +76,7 @@ class JudgeCache:
                 # A damaged cache part costs only money: its judgements are asked again.
                 log.warning("judge cache: ignoring %s (%s); delete it to silence this", part, exc)
                 continue
-            records = frame[["key", *ENTRY_FIELDS]].to_dict("records")
+            records = frame.reindex(columns=["key", *ENTRY_FIELDS]).to_dict("records")
             self._entries.update((r.pop("key"), _restore(r)) for r in records)
         self._loaded = True
         return len(self._entries)
@@ -131,6 +131,10 @@ def _restore(record: dict[str, Any]) -> dict[str, Any]:
     out = {k: (None if _is_missing(v) else v) for k, v in record.items()}
     if out["score"] is not None:
         out["score"] = int(out["score"])
+    if out["missing_reason"] is not None and out["missing_cause"] is None:
+        # Parts written before causes were recorded: the only misses ever cached are
+        # answers that stayed unparseable.
+        out["missing_cause"] = "unparseable"
     return out
 
 

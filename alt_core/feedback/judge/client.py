@@ -8,9 +8,19 @@ run at once under a semaphore (`max_concurrency`) and a token-bucket rate limite
 A request that fails transiently (connection error, timeout, 429, 5xx, malformed body)
 is retried with exponential backoff and jitter, honouring Retry-After on a 429, at most
 `max_retries` times. A non-transient 4xx fails that judgement at once. Either way the
-judgement is recorded as missing with the reason, and the call goes on: one bad request
-never costs the shard. Failed requests are not cached, so a rerun asks for exactly the
-judgements that are still missing for transport reasons and nothing else.
+judgement is recorded as missing with the reason and its cause (`missing_cause`, one of
+`alt_core.feedback.base.MISSING_CAUSES`: unreachable, unauthorized, rate_limited, ...),
+and the call goes on; whether too much is missing is the caller's decision (a feedback
+shard fails above `feedback.max_missing_share`). Failed requests are not cached, so a
+rerun asks for exactly the judgements that are still missing and nothing else.
+
+A judge that cannot be reached at all fails fast: once every connection attempt for
+`_DOWN_AFTER_S` seconds has failed, with no answer in between, the judgements still
+waiting are recorded as unreachable without being sent, instead of each spending its
+whole backoff schedule (about 15 to 30 s with the default retries).
+
+Server text (error bodies, answers, exception messages) is redacted before it is cut to
+length or kept anywhere (`Redactor.clip`).
 
 Works with vLLM's OpenAI server (`vllm serve`): it needs `model` in the body and takes
 `max_tokens`; the served model needs a chat template.
@@ -45,25 +55,56 @@ from alt_core.runtime.progress import ProgressLog
 
 log = logging.getLogger(__name__)
 
-OUTPUT_COLUMNS = ["feedback", "score", "analysis", "reward", "missing_reason", "raw_answer"]
+OUTPUT_COLUMNS = [
+    "feedback",
+    "score",
+    "analysis",
+    "reward",
+    "missing_reason",
+    "raw_answer",
+    "missing_cause",
+]
 _SNIPPET = 300  # characters of a server's error body kept in a reason
 _LANE = 8  # connections per httpx client (see JudgeClient.__aenter__)
+# Seconds of nothing but failed connection attempts after which the judge counts as
+# down (see the module docstring): long enough to ride out a restart of a local judge,
+# short enough that a run against a stopped one fails in seconds.
+_DOWN_AFTER_S = 5.0
 
 
 class JudgeRequestError(RuntimeError):
-    """A request to the judge failed for good (non-transient, or retries used up)."""
+    """A request to the judge failed for good (non-transient, or retries used up).
 
-    def __init__(self, kind: str, message: str, attempts: int):
+    `kind` is the stats' failure kind (FAILURE_KINDS), `cause` the missing-feedback cause
+    it amounts to (alt_core.feedback.base.MISSING_CAUSES)."""
+
+    def __init__(self, kind: str, message: str, attempts: int, cause: str = "unknown"):
         super().__init__(f"{kind}: {message} (after {attempts} attempt(s))")
         self.kind = kind
         self.attempts = attempts
+        self.cause = cause
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        message = str(self).removeprefix(f"{self.kind}: ").rsplit(" (after ", 1)[0]
+        return (type(self), (self.kind, message, self.attempts, self.cause))
 
 
 @dataclass
 class _Failure:
-    kind: str
+    kind: str  # FAILURE_KINDS: what the stats count
     message: str
+    cause: str  # MISSING_CAUSES: what the judgement's absence is blamed on
     retry_after: float | None = None
+
+
+def _http_cause(code: int) -> str:
+    if code in (401, 403):
+        return "unauthorized"
+    if code == 429:
+        return "rate_limited"
+    if code == 408:
+        return "timeout"
+    return "server_error" if code >= 500 else "rejected"
 
 
 def _retry_after(headers: httpx.Headers) -> float | None:
@@ -95,13 +136,14 @@ def _estimate_tokens(messages: list[dict[str, str]]) -> float:
     return sum(len(m["content"]) for m in messages) / 4.0
 
 
-def _missing(reason: str, raw: str | None) -> dict[str, Any]:
+def _missing(reason: str, raw: str | None, cause: str) -> dict[str, Any]:
     return {
         "feedback": None,
         "score": None,
         "analysis": None,
         "missing_reason": reason,
         "raw_answer": raw,
+        "missing_cause": cause,
     }
 
 
@@ -112,6 +154,7 @@ def _entry(judgement: Judgement, raw: str) -> dict[str, Any]:
         "analysis": judgement.analysis,
         "missing_reason": None,
         "raw_answer": raw,
+        "missing_cause": None,
     }
 
 
@@ -135,6 +178,10 @@ class JudgeClient:
         self._auth = httpx.Headers()
         self._redact = Redactor(None)
         self._rng = random.Random()
+        # Since when every connection attempt has failed (None: the judge answers), and
+        # the reason of the latest such failure; see _DOWN_AFTER_S.
+        self._down_since: float | None = None
+        self._down_reason = ""
 
     def __repr__(self) -> str:
         return (
@@ -201,6 +248,7 @@ class JudgeClient:
         }
         for attempt in range(cfg.max_retries + 1):
             await self._limiter.acquire(estimate)
+            self._raise_if_down(attempt)
             slot = await self._slots.get()
             try:
                 stats.requests += 1
@@ -214,9 +262,8 @@ class JudgeClient:
             stats.fail(result.kind)
             delay = self._retry_delay(result, attempt)
             if delay is None:
-                raise JudgeRequestError(
-                    result.kind, self._redact(result.message) or "", attempt + 1
-                )
+                message = self._redact(result.message) or ""
+                raise JudgeRequestError(result.kind, message, attempt + 1, result.cause)
             stats.retries += 1
             log.debug(
                 "judge request failed (%s): %s; retry %d/%d in %.2fs",
@@ -226,13 +273,47 @@ class JudgeClient:
                 cfg.max_retries,
                 delay,
             )
-            await asyncio.sleep(delay)
+            await asyncio.sleep(self._until_down(delay))
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _until_down(self, delay: float) -> float:
+        """The backoff, cut short while the judge is unreachable so as to wake when it
+        would count as down: then every waiting judgement fails at once, instead of
+        each at the end of its own (up to backoff_max_s) sleep."""
+        if self._down_since is None:
+            return delay
+        left = self._down_since + _DOWN_AFTER_S - time.monotonic()
+        return min(delay, max(left, 0.0) + 0.01)
+
+    def _raise_if_down(self, attempts: int) -> None:
+        """Fail a judgement without sending it once the judge counts as down."""
+        if self._down_since is None:
+            return
+        down_for = time.monotonic() - self._down_since
+        if down_for >= _DOWN_AFTER_S:
+            raise JudgeRequestError(
+                "connection",
+                f"not sent: every connection attempt for {down_for:.0f}s failed "
+                f"({self._down_reason})",
+                attempts,
+                "unreachable",
+            )
+
+    def _note_reachability(self, failure: _Failure | None, started: float) -> None:
+        """Track how long the judge has been unreachable (see _DOWN_AFTER_S)."""
+        if failure is None or failure.cause != "unreachable":
+            self._down_since = None  # an answer of any kind: the judge is there
+            return
+        if self._down_since is None:
+            self._down_since = started
+        self._down_reason = self._redact(failure.message) or ""
 
     def _retry_delay(self, failure: _Failure, attempt: int) -> float | None:
         """Seconds to wait before the next attempt, or None when it must not be retried."""
         cfg = self.config
         if failure.kind not in TRANSIENT_KINDS or attempt >= cfg.max_retries:
+            if failure.kind == "429":
+                failure.message += "; the retry budget is spent"
             return None
         backoff = min(cfg.backoff_max_s, cfg.backoff_base_s * 2**attempt)
         wait = failure.retry_after
@@ -250,38 +331,59 @@ class JudgeClient:
         self, http: httpx.AsyncClient, body: dict[str, Any], stats: JudgeStats
     ) -> tuple[str, float] | _Failure:
         start = time.perf_counter()
+        started = time.monotonic()
         try:
             response = await http.post("/chat/completions", json=body, headers=self._auth)
-        except httpx.TimeoutException as exc:
-            return _Failure(
-                "timeout", f"no answer within {self.config.timeout_s}s ({type(exc).__name__})"
-            )
-        except httpx.TransportError as exc:
-            return _Failure("connection", f"{type(exc).__name__}: {exc}")
-        except httpx.DecodingError as exc:
-            return _Failure("bad_response", f"undecodable body: {exc}")
+        except httpx.HTTPError as exc:
+            failure = self._transport_failure(exc)
+            self._note_reachability(failure, started)
+            return failure
+        self._note_reachability(None, started)
         stats.latencies_s.append(time.perf_counter() - start)
         return self._read(response, stats)
+
+    def _transport_failure(self, exc: httpx.HTTPError) -> _Failure:
+        """The failure of a request that got no HTTP response at all."""
+        url = f"{self.config.base_url}/chat/completions"
+        what = type(exc).__name__
+        detail = self._redact.clip(str(exc), _SNIPPET)
+        within = f"within {self.config.timeout_s:g}s"
+        if isinstance(exc, httpx.ConnectTimeout):
+            return _Failure(
+                "timeout", f"{what}: could not connect to {url} {within}", "unreachable"
+            )
+        if isinstance(exc, httpx.TimeoutException):
+            return _Failure("timeout", f"{what}: no answer from {url} {within}", "timeout")
+        if isinstance(exc, httpx.ConnectError | httpx.UnsupportedProtocol):
+            return _Failure(
+                "connection", f"{what}: cannot connect to {url}: {detail}", "unreachable"
+            )
+        if isinstance(exc, httpx.TransportError):
+            message = f"{what}: the connection to {url} ended without an answer: {detail}"
+            return _Failure("connection", message, "dropped")
+        return _Failure("bad_response", f"undecodable body from {url}: {detail}", "bad_response")
 
     def _read(self, response: httpx.Response, stats: JudgeStats) -> tuple[str, float] | _Failure:
         code = response.status_code
         head = f"HTTP {code} from {response.request.url}"
+        cause = _http_cause(code)
         if code == 429:
             after = _retry_after(response.headers)
             shown = "none" if after is None else f"{after:g}s"
-            return _Failure("429", f"{head} (rate limited, Retry-After {shown})", after)
+            return _Failure("429", f"{head} (rate limited, Retry-After {shown})", cause, after)
         if code == 408:
-            return _Failure("timeout", f"{head} (the server timed out)")
-        if code >= 500:
-            return _Failure("5xx", f"{head}: {response.text[:_SNIPPET]}")
+            return _Failure("timeout", f"{head} (the server timed out)", cause)
         if code >= 400:
-            return _Failure("4xx", f"{head}: {response.text[:_SNIPPET]}")
+            # Redacted before the cut: a cut key no longer matches the redaction.
+            body = self._redact.clip(response.text, _SNIPPET)
+            return _Failure("5xx" if code >= 500 else "4xx", f"{head}: {body}", cause)
         try:
             data = response.json()
             content = data["choices"][0]["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError):
+            body = self._redact.clip(response.text, _SNIPPET)
             return _Failure(
-                "bad_response", f"{head} with a malformed body: {response.text[:_SNIPPET]!r}"
+                "bad_response", f"{head} with a malformed body: {body!r}", "bad_response"
             )
         usage = data.get("usage")
         stats.add_usage(usage)
@@ -300,7 +402,7 @@ class JudgeClient:
         try:
             answer = self._redact(await self.complete(messages, stats)) or ""
         except JudgeRequestError as exc:
-            return _missing(str(exc), None), False
+            return _missing(str(exc), None, exc.cause), False
         try:
             return _entry(self._parse(answer), answer), True
         except ParseError as exc:
@@ -311,14 +413,15 @@ class JudgeClient:
         try:
             second = self._redact(await self.complete(repair, stats)) or ""
         except JudgeRequestError as exc:
-            return _missing(f"parse: {first}; the repair request failed: {exc}", answer), False
+            reason = f"parse: {first}; the repair request failed: {exc}"
+            return _missing(reason, answer, exc.cause), False
         try:
             judgement = self._parse(second)
         except ParseError as exc:
             stats.fail("parse")
             raw = f"{answer}\n\n[answer to the repair request]\n{second}"
             reason = f"parse: {exc} (after one repair attempt; first answer: {first})"
-            return _missing(reason, raw), self.config.cache_unparsed
+            return _missing(reason, raw, "unparseable"), self.config.cache_unparsed
         stats.repaired += 1
         return _entry(judgement, second), True
 

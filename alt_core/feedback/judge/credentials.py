@@ -2,13 +2,17 @@
 
 The key is read from an environment variable or a Prefect Secret block (Prefect is
 imported only then), held as a pydantic SecretStr, and scrubbed from any text the
-client records (error bodies a server echoes back, for instance).
+client records (error bodies a server echoes back, for instance). Text is scrubbed
+before it is cut to length (`Redactor.clip`): cutting first can split the key so that
+the replacement no longer matches, and most of the key survives the cut.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+from urllib.parse import quote, quote_plus
 
 from pydantic import SecretStr
 
@@ -16,6 +20,9 @@ from alt_core.config.judge import JudgeConfig, JudgeConfigError
 
 log = logging.getLogger(__name__)
 REDACTED = "***"
+# A fragment of the key this long at either end of a text (a server that cut its own
+# body mid-key) is scrubbed too; shorter ones are too likely to be ordinary text.
+MIN_FRAGMENT = 4
 
 
 async def resolve_api_key(config: JudgeConfig) -> SecretStr | None:
@@ -49,15 +56,43 @@ async def resolve_api_key(config: JudgeConfig) -> SecretStr | None:
 
 
 class Redactor:
-    """Replaces the key wherever it appears in text the client keeps."""
+    """Scrubs the key from text the client keeps: the key itself and its obvious
+    encodings (JSON-escaped, URL-quoted) anywhere, and a fragment of it of MIN_FRAGMENT
+    or more characters at either end of the text, where a cut left it."""
 
     def __init__(self, secret: SecretStr | None):
-        self._value = secret.get_secret_value() if secret is not None else ""
+        value = secret.get_secret_value() if secret is not None else ""
+        self._value = value
+        forms = {value, json.dumps(value)[1:-1], value.replace("/", "\\/")}
+        forms |= {quote(value, safe=""), quote_plus(value)}
+        # Longest first, so that a form containing another is replaced whole.
+        self._forms = sorted((f for f in forms if f), key=len, reverse=True)
 
     def __call__(self, text: str | None) -> str | None:
         if text is None or not self._value:
             return text
-        return text.replace(self._value, REDACTED)
+        for form in self._forms:
+            text = text.replace(form, REDACTED)
+        return self._scrub_ends(text)
+
+    def clip(self, text: str | None, limit: int) -> str | None:
+        """`text` redacted, then cut to `limit` characters (never the other way round)."""
+        redacted = self(text)
+        if redacted is None or len(redacted) <= limit:
+            return redacted
+        return self(redacted[:limit])
+
+    def _scrub_ends(self, text: str) -> str:
+        key = self._value
+        for n in range(min(len(key), len(text)), MIN_FRAGMENT - 1, -1):
+            if text.endswith(key[:n]):
+                text = text[:-n] + REDACTED
+                break
+        for n in range(min(len(key), len(text)), MIN_FRAGMENT - 1, -1):
+            if text.startswith(key[-n:]):
+                text = REDACTED + text[n:]
+                break
+        return text
 
     def __repr__(self) -> str:
         return "Redactor(***)"

@@ -4,8 +4,10 @@ Each (raw prompt, generation) row is judged with the template in `feedback.judge
 (its parser must suit the method: lmu for ALT_LMU, lmc for ALT_LMC, steerlm for SteerLM).
 The judgement's feedback text, score and analysis become the row's feedback columns, and
 `reward` is the score as a float, so a judge method's metrics report the mean judge score.
-A judgement the client could not get or parse is missing (`missing_reason` says why, the
-raw answer is kept in `raw_answer`), and the datapool leaves that generation out.
+A judgement the client could not get or parse is missing (`missing_reason` says why,
+`missing_cause` names the cause, the raw answer is kept in `raw_answer`), and the datapool
+leaves that generation out; a shard with too many of them fails instead of committing
+(`feedback.max_missing_share`, `alt_core.feedback.base.check_complete`).
 
 Cache: every parsed answer is kept in the artifact store under `feedback.judge_cache`,
 by default `<storage.cache_dir>/judge-cache`. The cache is keyed by judge model, template
@@ -29,7 +31,12 @@ import pandas as pd
 
 from alt_core import store
 from alt_core.config import RunConfig
-from alt_core.feedback.base import FeedbackProvider, feedback_frame, missing_generations
+from alt_core.feedback.base import (
+    NO_GENERATION,
+    FeedbackProvider,
+    feedback_frame,
+    missing_generations,
+)
 from alt_core.feedback.judge import (
     OUTPUT_COLUMNS,
     JudgeConfig,
@@ -44,7 +51,7 @@ from alt_core.methods import Method, method_spec
 STATS_PREFIX = "judge_"
 # Stats that describe a distribution or a duration: merged by their maximum, not summed.
 _MAX_STATS = ("latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "wall_s")
-_TEXT = ["feedback", "analysis", "missing_reason", "raw_answer"]
+_TEXT = ["feedback", "analysis", "missing_reason", "raw_answer", "missing_cause"]
 
 
 def judge_cache_uri(config: RunConfig) -> str:
@@ -106,6 +113,8 @@ class JudgeProvider(FeedbackProvider):
     """Textual feedback from an OpenAI-compatible LLM judge."""
 
     name = "judge"
+    unit = "judgements"
+    resume_note = "answered judgements are cached, so only the missing ones are asked again"
 
     def __init__(
         self,
@@ -159,8 +168,10 @@ class JudgeProvider(FeedbackProvider):
             analysis=texts["analysis"],
             missing_reason=texts["missing_reason"].where(~missing, "no generation"),
         )
-        # Beyond FEEDBACK_COLUMNS: the judge's raw answer, kept for missing judgements.
+        # Beyond FEEDBACK_COLUMNS: the judge's raw answer, kept for missing judgements, and
+        # the cause of each missing one.
         out["raw_answer"] = texts["raw_answer"]
+        out["missing_cause"] = texts["missing_cause"].where(~missing, NO_GENERATION)
         return out
 
 

@@ -17,6 +17,7 @@ def entry(score, reason=None):
         "analysis": "",
         "missing_reason": reason,
         "raw_answer": "raw",
+        "missing_cause": None if reason is None else "unparseable",
     }
 
 
@@ -34,6 +35,16 @@ def test_parts_round_trip_and_missing_values_come_back_as_none(tmp_path):
     assert fresh.get(fresh.key("p", "g1")) == entry(2)
     assert fresh.get(fresh.key("p", "g2")) == entry(None, "parse: no score")
     assert fresh.get(fresh.key("p", "g3")) is None
+
+
+def test_parts_written_before_causes_were_recorded_read_as_unparseable(tmp_path):
+    template = load_template("tldr_lmu")
+    cache = JudgeCache(str(tmp_path), "judge-model", template)
+    old = {k: v for k, v in entry(None, "parse: no score").items() if k != "missing_cause"}
+    cache.write_part({cache.key("p", "g"): old})
+    fresh = JudgeCache(str(tmp_path), "judge-model", template)
+    assert fresh.load() == 1
+    assert fresh.get(fresh.key("p", "g")) == entry(None, "parse: no score")
 
 
 def test_uncommitted_parts_are_ignored(tmp_path):

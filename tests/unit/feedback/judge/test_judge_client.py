@@ -20,6 +20,7 @@ from alt_core.feedback.judge.client import OUTPUT_COLUMNS, judge_batch
 from tests.support.judge_server import FAULTS, JudgeServer
 
 TRANSIENT = ["429", "500", "slow", "drop", "truncated_body"]
+PERMANENT = ("400", "401")  # fail a judgement at once: not part of the 2,000-judgement mix
 # Faults the server injects, and the client's failure kind each one must show up as.
 FAULT_TO_KIND = {
     "429": "failures_429",
@@ -65,7 +66,9 @@ def test_fault_shard_of_2000_judgements(tmp_path):
     rows = make_rows(2000)
     # The first rows hit every fault kind deterministically; the rest draw faults at rates.
     script = {
-        f"<gen-{i:05d}>": [fault] for i, fault in enumerate(FAULTS) if fault not in ("ok", "400")
+        f"<gen-{i:05d}>": [fault]
+        for i, fault in enumerate(FAULTS)
+        if fault not in ("ok", *PERMANENT)
     }
     script["<gen-00100>"] = ["truncated_answer", "off_format"]  # stays unparseable
     rates = {
@@ -91,7 +94,7 @@ def test_fault_shard_of_2000_judgements(tmp_path):
         assert list(frame.columns) == OUTPUT_COLUMNS and len(frame) == len(rows)
         assert progress[-1] == "progress 2000/2000 judgements" and len(progress) <= 10
         for fault in FAULTS:
-            if fault != "400":
+            if fault not in PERMANENT:
                 assert served[fault] > 0, f"fault {fault} was never injected"
 
         # Every judgement the server answered well is present, in input order.
