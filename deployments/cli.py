@@ -27,9 +27,12 @@ from alt_core import store
 from alt_core.config import (
     ConfigError,
     RunConfig,
+    absolute_paths,
+    absolute_uri,
     dump_config,
     list_presets,
     load_config,
+    load_run_config,
     validate_config,
 )
 from alt_core.pipeline.layout import RunLayout
@@ -89,15 +92,18 @@ def existing_config(run_dir: str) -> RunConfig | None:
     layout = RunLayout(run_dir)
     if not store.exists(layout.config):
         return None
-    import yaml
-
-    return validate_config(yaml.safe_load(store.read_bytes(layout.config)))
+    return load_run_config(layout.config)
 
 
 def report_changed_config(run_dir: str, config: RunConfig) -> None:
     """Continuing a run with other settings is allowed: say what changed; the stages
-    those settings affect are redone (their fingerprints no longer match)."""
-    previous = existing_config(run_dir)
+    those settings affect are redone (their fingerprints no longer match). A recorded
+    config that cannot be read is replaced by this one."""
+    try:
+        previous = existing_config(run_dir)
+    except ConfigError as exc:
+        print(f"note: {exc}\nthe settings of this run replace it.", file=sys.stderr)
+        return
     if previous is None or previous == config:
         return
     old, new = previous.model_dump(mode="json"), config.model_dump(mode="json")
@@ -193,6 +199,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
+    # A run folder is named by its absolute path from here on (what the run records, and
+    # what a `resume` from another directory is told), whatever the command.
+    if getattr(args, "run_dir", None):
+        args.run_dir = absolute_uri(args.run_dir)
     # Fault injection (alt_core.runtime.faults) ends the whole run through its own process group.
     claim_run_group()
     try:
@@ -218,13 +228,11 @@ def main(argv: list[str] | None = None) -> int:
             config = existing_config(args.run_dir)
             if config is None:
                 raise ConfigError(f"{args.run_dir} holds no run (no config.yaml); check the path")
-            return execute(config, args.run_dir)
+            return execute(absolute_paths(config), args.run_dir)
         preset = args.preset or (None if args.config else "demo")
-        config = load_config(preset, args.config, args.overrides)
+        config = absolute_paths(load_config(preset, args.config, args.overrides))
         preflight(config)
         run_dir = args.run_dir or _default_run_dir(config)
-        if not store.is_remote(run_dir):
-            run_dir = os.path.abspath(run_dir)
         report_changed_config(run_dir, config)
         return execute(config, run_dir)
     except (ConfigError, ValueError, FileNotFoundError) as exc:

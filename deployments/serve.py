@@ -3,8 +3,11 @@
     alt serve                       # serve every deployment from this machine
     alt serve --schedule-active     # ... with the example nightly schedule switched on
 
-Deployments (flow/deployment), each with the pydantic RunConfig as its typed parameter
-(the UI form shows every field with its description, pre-filled from a preset):
+Deployments (flow/deployment), each with the run configuration as its typed `config`
+parameter (the UI form shows every field with its description, pre-filled from a
+preset) and `preset`, the preset it was served with: a field left out of `config` (a
+partial `config` from the API or `prefect deployment run --param`) keeps the preset's
+value, not the model's default.
 
 - `alt-run/alt-run`: a full run (config, run_dir); the same run_dir continues a run.
 - `alt-single-iteration/alt-iteration`: one iteration k of a run folder.
@@ -42,8 +45,9 @@ TAGS = ["alt"]
 
 
 def preset_parameters(preset: str) -> dict[str, Any]:
-    """The `config` parameter pre-filled from a preset (the UI form's defaults)."""
-    return {"config": load_config(preset).model_dump(mode="json")}
+    """The deployments' default parameters: `preset`, which a partial `config` is merged
+    over, and `config` holding the whole preset (the UI form's defaults)."""
+    return {"preset": preset, "config": load_config(preset).model_dump(mode="json")}
 
 
 def nightly_schedule(active: bool = False):

@@ -8,7 +8,7 @@ from prefect import flow
 from prefect.artifacts import create_table_artifact
 
 from alt_core import store
-from alt_core.config import RunConfig
+from alt_core.config import RunConfig, RunSettings, absolute_paths, absolute_uri, config_from_preset
 from alt_core.pipeline.layout import RunLayout
 from alt_core.report.html import format_cell
 from flows.iteration import alt_iteration, evaluate_policy
@@ -38,15 +38,26 @@ def metrics_rows(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
 
 
 @flow(name="alt-run", log_prints=True)
-def alt_run(config: RunConfig, run_dir: str) -> list[dict[str, Any]]:
+def alt_run(config: RunSettings, run_dir: str, preset: str | None = None) -> list[dict[str, Any]]:
     """A full ALT run: evaluate the initial policy, then K iterations.
 
     Args:
         config: The run configuration: method, model, data, sampling, feedback, datapool,
-            training, evaluation and storage settings (every field is documented).
+            training, evaluation and storage settings (every field is documented). With
+            a preset, the settings given over it: a field left out keeps the preset's
+            value (the form holds the whole preset, so the form is what runs).
         run_dir: The run folder, a local path or an s3:// URI. Rerunning over the same
             folder reuses the committed work and redoes only what is missing or stale.
+        preset: The preset `config` is given over (a deployment sets the one it was
+            served with). None: `config` is the whole configuration, and a field left
+            out takes the model's default.
     """
+    # Local paths resolved once, here, so config.yaml records where the files are.
+    return run_all(absolute_paths(config_from_preset(preset, config)), absolute_uri(run_dir))
+
+
+def run_all(config: RunConfig, run_dir: str) -> list[dict[str, Any]]:
+    """The body of `alt_run`, for a checked config and an absolute run folder."""
     layout = RunLayout(run_dir)
     inputs = stages.prepare_run(config, run_dir)
     rows: list[dict[str, Any]] = []

@@ -12,7 +12,7 @@ import time
 import pytest
 import yaml
 
-from alt_core.config import RunConfig, load_config
+from alt_core.config import RunConfig, RunSettings, load_config
 from alt_core.runtime import slots as common
 from deployments import serve
 from deployments.setup import DEFAULT_POOL, ensure_gpu_limit
@@ -41,19 +41,20 @@ def _definitions(schema) -> dict:
 
 
 def test_parameter_forms_hold_every_config_field_with_its_description(deployments):
-    # Models only (enums like Method have no fields).
+    # Models only (enums like Method have no fields). The parameter is RunSettings: the
+    # RunConfig fields, its cross-field rules checked once merged over the preset.
     expected = {
-        k: v for k, v in RunConfig.model_json_schema()["$defs"].items() if "properties" in v
+        k: v for k, v in RunSettings.model_json_schema()["$defs"].items() if "properties" in v
     }
     for d in deployments.values():
         schema = d._parameter_openapi_schema
-        assert schema.properties["config"]["$ref"] == "#/definitions/RunConfig"
+        assert schema.properties["config"]["$ref"] == "#/definitions/RunSettings"
         defs = _definitions(schema)
         assert set(expected) <= set(defs), d.name  # every config section, nested ones too
         for title in expected:
             props = defs[title]["properties"]
             assert set(props) == set(expected[title]["properties"]), (d.name, title)
-            if title == "RunConfig":
+            if title == "RunSettings":
                 continue  # sections are documented by their own fields
             undocumented = [f for f, p in props.items() if not p.get("description")]
             assert not undocumented, (d.name, title, undocumented)
