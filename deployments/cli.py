@@ -59,8 +59,16 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--config")
     cfg.add_argument("overrides", nargs="*")
 
-    status = sub.add_parser("status", help="per iteration and stage: committed, stale, missing")
+    status = sub.add_parser(
+        "status", help="per iteration and stage: committed, stale, missing, failed, corrupt"
+    )
     status.add_argument("run_dir")
+    status.add_argument(
+        "--verify",
+        action="store_true",
+        help="hash every committed file (folders are otherwise checked by size, and by hash "
+        "once per process); exit 1 if any is corrupt",
+    )
     status.add_argument("overrides", nargs="*", help="check against these changed settings")
 
     from deployments.serve import add_serve_arguments
@@ -140,7 +148,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     Console(width=max(120, Console().width)).print(table)
 
 
-def show_status(run_dir: str, overrides: list[str]) -> int:
+def show_status(run_dir: str, overrides: list[str], verify: bool = False) -> int:
     from rich.console import Console
     from rich.table import Table
 
@@ -153,17 +161,37 @@ def show_status(run_dir: str, overrides: list[str]) -> int:
         from alt_core.config import apply_overrides
 
         config = validate_config(apply_overrides(config.model_dump(mode="json"), overrides))
-    rows = run_status(run_dir, config)
-    colours = {"committed": "green", "stale": "yellow", "missing": "red"}
+    rows = run_status(run_dir, config, verify=verify)
+    colours = {
+        "committed": "green",
+        "stale": "yellow",
+        "missing": "red",
+        "failed": "bold red",
+        "corrupt": "bold red",
+    }
     table = Table(title=f"status of {run_dir}")
     for col in ("iteration", "stage", "state", "detail"):
         table.add_column(col)
     for row in rows:
         state = f"[{colours[row['state']]}]{row['state']}[/]"
         table.add_row(str(row["iteration"]), row["stage"], state, row["detail"])
-    Console().print(table)
+    Console(width=max(120, Console().width)).print(table)
+    for row in rows:  # the problems again, whole, one line each (the table may wrap them)
+        if row["state"] in ("failed", "corrupt"):
+            print(f"iteration {row['iteration']} {row['stage']}: {row['state']}: {row['detail']}")
     counts = {s: sum(r["state"] == s for r in rows) for s in colours}
-    print(", ".join(f"{n} {s}" for s, n in counts.items()))
+    print(
+        ", ".join(
+            f"{n} {s}" for s, n in counts.items() if n or s in ("committed", "stale", "missing")
+        )
+    )
+    if verify and counts["corrupt"]:
+        print(
+            f"{counts['corrupt']} stage(s) hold damaged files (see detail); "
+            f"`alt resume {run_dir}` redoes them",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -223,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
             print(write_report(args.run_dir))
             return 0
         if args.command == "status":
-            return show_status(args.run_dir, args.overrides)
+            return show_status(args.run_dir, args.overrides, verify=args.verify)
         if args.command == "resume":
             config = existing_config(args.run_dir)
             if config is None:

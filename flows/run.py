@@ -28,12 +28,33 @@ TABLE_COLUMNS = [
     ("train_feedback_s", "feedback s", "{:.0f}"),
     ("train_s", "train s", "{:.0f}"),
     ("eval_s", "eval s", "{:.0f}"),
+    ("reused", "reused", "{}"),
 ]
+# The table's names for the stages a resumed attempt reused (the times above include
+# what the earlier attempts spent on them).
+_REUSED_LABELS = {
+    "train_sample": "sample",
+    "train_feedback": "feedback",
+    "datapool": "pool",
+    "train": "train",
+    "perplexity": "eval",
+}
+
+
+def reused_label(stages: list[str] | None) -> str | None:
+    if stages is None:  # a row written before stages recorded it
+        return None
+    names = [label for stage, label in _REUSED_LABELS.items() if stage in stages]
+    return ",".join(names) or "-"
 
 
 def metrics_rows(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
     return [
-        {label: format_cell(row.get(key), fmt) for key, label, fmt in TABLE_COLUMNS} for row in rows
+        {
+            label: format_cell(reused_label(row.get(key)) if key == "reused" else row.get(key), fmt)
+            for key, label, fmt in TABLE_COLUMNS
+        }
+        for row in rows
     ]
 
 

@@ -83,11 +83,15 @@ def run_node(config: RunConfig, node: Node, env: StageEnv | None = None) -> Stag
     """Reuse the node's committed outputs when their fingerprint matches; else run it."""
     env = env or StageEnv()
     fp = node.fingerprint(config)
-    states = [fps.state(uri, fp) for uri in node.outputs]
+    checked = [(uri, *fps.inspect(uri, fp)) for uri in node.outputs]
+    states = [state for _, state, _ in checked]
     if all(s == "committed" for s in states):
         reused = REUSED.get(node.stage)
         stats = reused(node) if reused else {}
         return StageResult(stage=node.stage, outputs=node.outputs, skipped=True, stats=stats)
+    for uri, state, problem in checked:
+        if state == "corrupt":
+            env.warn(f"{node.name}: the committed {uri} is damaged ({problem}); redoing it")
     if "stale" in states:
         env.warn(f"{node.name}: settings or inputs changed since it was committed; redoing it")
     stats = BODIES[node.stage](config, node, fp, env)

@@ -85,6 +85,28 @@ def test_run_node_reuses_committed_outputs_and_redoes_stale_ones(tmp_path, monke
     assert "settings or inputs changed" in warnings[0]
 
 
+def test_run_node_redoes_a_damaged_output_and_says_which_file(tmp_path):
+    config, ctx = _run(tmp_path)
+    (node,) = dag.plan_prompts(ctx, {})
+    stages.run_node(config, node, QUIET)
+    path = tmp_path / "run" / "iter_001" / "prompts" / "prompts.parquet"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert fps.inspect(node.outputs[0], node.fingerprint(config)) == (
+        "corrupt",
+        "it does not match its commit hash",
+    )
+    warnings: list[str] = []
+    env = stages.StageEnv(log=lambda _line: None, warn=warnings.append)
+    assert not stages.run_node(config, node, env).skipped
+    assert warnings == [
+        f"{node.name}: the committed {node.outputs[0]} is damaged "
+        "(it does not match its commit hash); redoing it"
+    ]
+    assert fps.state(node.outputs[0], node.fingerprint(config)) == "committed"
+
+
 def _feedback_shards(ctx: dag.Ctx) -> list[dag.Node]:
     """Two committed sample shards (as a sampling stage leaves them) and their nodes."""
     rows = feedback_rows({0: [0.1, 0.9, 0.5], 1: [0.3, 0.2, 0.8]})
