@@ -107,7 +107,11 @@ def _parse_settings(text: str, where: str) -> dict[str, Any]:
 def _read_yaml(path: Path, what: str) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{what} not found: {path}")
-    return _parse_settings(path.read_text(), f"{what} {path}")
+    try:
+        text = path.read_bytes().decode()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {path} is not a text file (not UTF-8)") from None
+    return _parse_settings(text, f"{what} {path}")
 
 
 def preset_path(preset: str) -> Path:

@@ -49,6 +49,14 @@ def test_duplicate_key_in_a_preset_is_refused(tmp_path, monkeypatch):
         load_config("twice")
 
 
+def test_a_binary_config_file_is_named_not_decoded(tmp_path):
+    path = tmp_path / "blob.yaml"
+    path.write_bytes(b"\xff\xfe\x00" + SECRET.encode())
+    with pytest.raises(ConfigError) as err:
+        load_config(config_file=str(path))
+    assert str(err.value) == f"config file {path} is not a text file (not UTF-8)"
+
+
 def test_merge_keys_are_not_duplicates(tmp_path):
     path = _write(tmp_path / "merge.yaml", "training:\n  <<: {epochs: 1}\n  epochs: 2\n")
     assert load_config(config_file=path).training.epochs == 2
