@@ -100,6 +100,7 @@ def test_prefect_yaml_matches_the_served_deployments(deployments):
         assert d["work_pool"]["name"] == DEFAULT_POOL
         if "config" in d.get("parameters", {}):
             assert RunConfig.model_validate(d["parameters"]["config"]) == demo
+            assert d["parameters"]["preset"] == "demo"  # partial configs take the rest from it
     (schedule,) = names[serve.NIGHTLY + serve.POOL_SUFFIX]["schedules"]
     assert schedule == {"cron": serve.NIGHTLY_CRON, "timezone": "UTC", "active": False}
 
