@@ -26,7 +26,8 @@ def reference_nll(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path).eval()
+    # Safetensors only: a pickled pytorch_model.bin in a model folder is never read.
+    model = AutoModelForCausalLM.from_pretrained(model_path, use_safetensors=True).eval()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id

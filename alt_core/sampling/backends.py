@@ -70,6 +70,8 @@ class VLLMBackend:
             max_num_seqs=engine.max_num_seqs,
             dtype=dtype,
             trust_remote_code=engine.trust_remote_code,
+            # Never a pickled pytorch_model.bin, even through torch's weights-only loader.
+            load_format="safetensors",
             **extra,
         )
 
@@ -133,7 +135,8 @@ class HFBackend:
 
         self.torch = torch
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        self.model = AutoModelForCausalLM.from_pretrained(model_path).eval()
+        # Safetensors only: a pickled pytorch_model.bin in a model folder is never read.
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, use_safetensors=True).eval()
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model.to(self.device)
         self.batch_size = batch_size

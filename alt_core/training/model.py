@@ -1,6 +1,9 @@
 """The models a training uses: loading the policy and the frozen reference, adding
 tokens, and freezing the lower transformer blocks (`training.unfrozen_layers_ratio`).
 
+Weights are read from safetensors only (`use_safetensors=True`, as everywhere this
+package loads a model): a `pytorch_model.bin` is a pickle, and a model folder is never
+unpickled, not even by torch's weights-only loader.
 transformers is imported inside the functions that load a model, so that importing
 `alt_core` does not pull it in.
 """
@@ -148,7 +151,9 @@ def load_policy(spec: TrainSpec) -> tuple[Any, PreTrainedModel, int]:
 
     tokenizer = AutoTokenizer.from_pretrained(spec.policy_path)
     # fp32 weights: under fp16/bf16 DeepSpeed keeps fp32 master copies made from these.
-    model = AutoModelForCausalLM.from_pretrained(spec.policy_path, **dtype_kwargs(torch.float32))
+    model = AutoModelForCausalLM.from_pretrained(
+        spec.policy_path, **dtype_kwargs(torch.float32), use_safetensors=True
+    )
     added = add_tokens(tokenizer, model, spec.added_tokens)
     return tokenizer, model, added
 
@@ -163,6 +168,8 @@ def load_reference(spec: TrainSpec, accelerator: Any) -> PreTrainedModel:
     )
     if spec.reference_path is None:  # TrainSpec's validator requires it when kl_coef > 0
         raise TrainingError("no reference_path to load the reference model from")
-    model = AutoModelForCausalLM.from_pretrained(spec.reference_path, **dtype_kwargs(dtype))
+    model = AutoModelForCausalLM.from_pretrained(
+        spec.reference_path, **dtype_kwargs(dtype), use_safetensors=True
+    )
     model.requires_grad_(False)
     return model.eval().to(accelerator.device)

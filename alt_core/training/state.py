@@ -5,18 +5,28 @@ writes the full state into `<state_dir>/step-<N>`:
 
 - model, optimizer and LR schedule through Accelerate's `save_state` (under DeepSpeed
   every process writes its ZeRO partition of the weights and the optimizer state);
-- every process's RNG states (python, numpy, torch, CUDA) in `rng-rank<R>.pt`. This is our
-  own file because Accelerate names its RNG file by its own process index, which is 0 on
-  every process when DeepSpeed runs several on CPUs (see `Dist`);
+- every process's RNG states (python, numpy, torch, CUDA) in `rng-rank<R>.pt`, as plain
+  ints and tensors. This is our own file because Accelerate names its RNG file by its own
+  process index, which is 0 on every process when DeepSpeed runs several on CPUs (see
+  `Dist`);
 - `resume.json`: the position in the data order (epoch, step within the epoch), the loss
-  records so far, the size of every file of the checkpoint, and the key of the inputs.
+  records so far, the size and SHA-256 of every file of the checkpoint, and the key of the
+  inputs.
 
 A checkpoint is written into a temporary folder, flushed to disk, and renamed when
-complete, with `resume.json` written last: a folder `step-<N>` whose `resume.json` reads
-and whose files all have their recorded sizes is complete. `usable_checkpoints` skips (and
-removes) anything else, saying why, so a half-written or damaged newest checkpoint falls
-back to the one before. `resume_key` hashes what decides the result (the inputs' content,
-the training config, the seed): state saved for other inputs is discarded, not resumed.
+complete, with `resume.json` written last: a folder `step-<N>` whose `resume.json` reads,
+whose files all have their recorded sizes and which holds no file it does not list is
+complete. `usable_checkpoints` skips (and removes) anything else, saying why, so a
+half-written or damaged newest checkpoint falls back to the one before; the one about to
+be loaded is also checked against its hashes (`verify_checkpoint`). `resume_key` hashes
+what decides the result (the inputs' content, the training config, the seed): state saved
+for other inputs is discarded, not resumed.
+
+Loading never runs code from the folder (`data_only_loads`): every `torch.load` made while
+a checkpoint loads, DeepSpeed's and Accelerate's included (they ask for full pickles), is
+forced to torch's weights-only unpickler, which builds tensors, containers, numbers and
+the few classes of `allowed_classes` and nothing else. docs/operating.md ("What a run folder
+must be trusted with") says what the hashes do and do not protect against.
 
 The state folder must be one that every training process sees (one machine, or a shared
 file system).
@@ -28,6 +38,7 @@ import fcntl
 import hashlib
 import json
 import os
+import pickle
 import random
 import shutil
 import time
@@ -50,7 +61,9 @@ RNG_FILE = "rng-rank{rank}.pt"
 PREFIX = "step-"
 TMP_PREFIX = ".tmp-step-"
 LOCK_FILE = ".lock"
-FORMAT = 1
+# 2: per-file SHA-256 in resume.json and a data-only RNG file. Format-1 checkpoints
+# cannot be checked or loaded without a full unpickler; they are discarded.
+FORMAT = 2
 # Spec fields that say where things go, how often state is saved and what the run is
 # called, not what is trained; the inputs' paths are replaced by their content ids.
 _SPEC_NOT_IN_KEY = {
@@ -150,16 +163,48 @@ def read_checkpoint(path: Path, key: str) -> dict[str, Any]:
         )
     if record.get("step") != _step_of(path):
         raise CheckpointError(f"records step {record.get('step')} but is named {path.name}")
-    if not isinstance(record.get("files"), dict):
+    files = record.get("files")
+    if not isinstance(files, dict) or not all(
+        isinstance(f, dict) and isinstance(f.get("bytes"), int) for f in files.values()
+    ):
         raise CheckpointError(f"{STATE_FILE} lists no files")
-    for rel, size in record["files"].items():
+    for rel, saved in files.items():
         try:
             actual = (path / rel).stat().st_size
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             raise CheckpointError(f"file {rel} is missing") from None
-        if actual != size:
-            raise CheckpointError(f"file {rel} has {actual} bytes, {size} were saved")
+        if actual != saved["bytes"]:
+            raise CheckpointError(f"file {rel} has {actual} bytes, {saved['bytes']} were saved")
+    # Accelerate and DeepSpeed load some files only if they exist (custom objects, a
+    # sampler, a scaler): a file the save did not write is never loaded. (The store's
+    # manifest of a fetched copy is JSON that only the store reads.)
+    extra = sorted(set(_files_of(path)) - set(files) - {STATE_FILE, store.DIR_COMMIT})
+    if extra:
+        raise CheckpointError(f"file {extra[0]} was not saved with this checkpoint")
     return record
+
+
+def verify_checkpoint(path: Path, record: dict[str, Any]) -> None:
+    """Check every file of the checkpoint `path` against the SHA-256 its save recorded
+    (`record` from `read_checkpoint`); raises CheckpointError naming the first that
+    differs. Reads every byte: done only for the checkpoint about to be loaded."""
+    for rel, saved in record["files"].items():
+        if _sha256(path / rel) != saved.get("sha256"):
+            raise CheckpointError(
+                f"file {rel} does not match the SHA-256 recorded when it was saved"
+            )
+
+
+def _files_of(folder: Path) -> list[str]:
+    """Every file under `folder` (symlinks included), relative to it."""
+    return sorted(
+        str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() or p.is_symlink()
+    )
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def usable_checkpoints(
@@ -242,9 +287,19 @@ def fetch_newer_checkpoint(
 
 
 def rng_states() -> dict[str, Any]:
+    """This process's RNG states as ints, floats, tuples and tensors only, so that
+    `torch.load(weights_only=True)` reads them back without an allow-list: numpy's key
+    (a uint32 array) travels as an int64 tensor."""
+    kind, key, pos, has_gauss, gauss = np.random.get_state()
     states = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": (
+            str(kind),
+            torch.from_numpy(key.astype(np.int64)),
+            int(pos),
+            int(has_gauss),
+            float(gauss),
+        ),
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -253,8 +308,11 @@ def rng_states() -> dict[str, Any]:
 
 
 def set_rng_states(states: dict[str, Any]) -> None:
-    random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
+    """Restore what `rng_states` returned."""
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, key, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, key.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
@@ -274,10 +332,12 @@ def _write_record(folder: Path, record: dict[str, Any]) -> None:
     files = sorted(p for p in folder.rglob("*") if p.is_file())
     for path in files:
         _fsync(path)
-    sizes = {str(p.relative_to(folder)): p.stat().st_size for p in files}
+    manifest = {
+        str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files
+    }
     target = folder / STATE_FILE
     with open(target, "w") as fh:
-        json.dump({**record, "format": FORMAT, "files": sizes}, fh, default=str)
+        json.dump({**record, "format": FORMAT, "files": manifest}, fh, default=str)
         fh.flush()
         os.fsync(fh.fileno())
     _fsync(folder)
@@ -325,10 +385,74 @@ def save_checkpoint(
 
 
 def load_checkpoint(accelerator: Any, dist: Dist, path: Path) -> None:
-    """Restore model, optimizer, schedule and this process's RNG states from `path`."""
-    accelerator.load_state(str(path))
-    # Ours last: Accelerate restored one process's RNG states on all of them (see Dist).
-    set_rng_states(torch.load(path / RNG_FILE.format(rank=dist.rank), weights_only=False))
+    """Restore model, optimizer, schedule and this process's RNG states from `path`,
+    unpickling data only (`data_only_loads`); raises CheckpointError when a file holds
+    anything else."""
+    try:
+        with data_only_loads():
+            accelerator.load_state(str(path))
+            # Ours last: Accelerate restored one process's RNG states on all of them.
+            set_rng_states(torch.load(path / RNG_FILE.format(rank=dist.rank), weights_only=True))
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"refused to unpickle {_unsafe_files(path)}: a checkpoint holds tensors and "
+            "plain data only, and loading one never runs code from it (the classes allowed "
+            "are alt_core.training.state.allowed_classes)"
+        ) from None
+
+
+def _unsafe_files(folder: Path) -> str:
+    """Which files of `folder` name classes or functions outside the allow-list, and
+    which: read from the pickle opcodes, without unpickling anything."""
+    allowed = {f"{c.__module__}.{c.__qualname__}" for c in allowed_classes()}
+    found = []
+    for rel in _files_of(folder):
+        try:
+            names = torch.serialization.get_unsafe_globals_in_checkpoint(folder / rel)
+        except Exception:  # not a torch file (JSON, text, a script): never unpickled
+            continue
+        # numpy's array types: allowed by Accelerate's loader for its RNG file.
+        unsafe = [n for n in names if n not in allowed and not n.startswith("numpy.")]
+        if unsafe:
+            found.append(f"{rel} (it names {', '.join(unsafe)})")
+    return "; ".join(found) or f"a file of {folder}"
+
+
+def allowed_classes() -> list[Any]:
+    """The classes a checkpoint may hold besides tensors, containers and numbers: what
+    DeepSpeed's ZeRO optimizer state pickles. Each is rebuilt by setting attributes on an
+    instance made without calling `__init__` (enums by value), none runs code of its own
+    there. numpy's array types for Accelerate's RNG file are added by Accelerate's own
+    loader. Imported here, not at module level: DeepSpeed is loaded by then."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [ZeroStageEnum, LossScaler, DynamicLossScaler, fragment_address]
+
+
+# The torch switch that makes every torch.load weights-only, even one that asks for
+# a full unpickler, and the one that would do the opposite.
+_FORCE_SAFE, _FORCE_UNSAFE = "TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
+
+
+@contextmanager
+def data_only_loads(allowed: list[Any] | None = None) -> Iterator[None]:
+    """Within: every `torch.load` in this process uses torch's weights-only unpickler
+    with `allowed` (default: `allowed_classes()`) added to its allow-list, whatever its
+    caller passed for `weights_only`. DeepSpeed's checkpoint engine and Accelerate's
+    custom-object loader ask for full pickles; a checkpoint is data, so they get none.
+    A file that needs anything else fails with pickle.UnpicklingError, naming it."""
+    saved = {name: os.environ.pop(name, None) for name in (_FORCE_SAFE, _FORCE_UNSAFE)}
+    os.environ[_FORCE_SAFE] = "1"
+    try:
+        with torch.serialization.safe_globals(allowed_classes() if allowed is None else allowed):
+            yield
+    finally:
+        for name, value in saved.items():
+            os.environ.pop(name, None)
+            if value is not None:
+                os.environ[name] = value
 
 
 @contextmanager
@@ -415,23 +539,40 @@ class Checkpointer:
         one where the newest does not load) and say where training stands."""
         found = self._usable() if self.dist.is_main else []
         found = self.dist.broadcast(found)
+        tried = False  # a checkpoint that failed its hashes is removed, not tried
         for path, record in found:
             self._check_shape(path, record)
-            failed = torch.zeros(1)
+            problem = self._tampered(path, record)
+            if problem:
+                self.say(f"skipping and removing checkpoint {path}: {problem}")
+                continue
+            tried, failed = True, torch.zeros(1)
             try:
                 load_checkpoint(self.accelerator, self.dist, path)
-            except Exception as exc:  # a damaged file that kept its size: try an older one
+            except Exception as exc:  # passed its hashes but does not load: try an older one
                 self.say(f"rank {self.dist.rank}: cannot load {path}: {type(exc).__name__}: {exc}")
                 failed += 1
             if self.dist.sum(failed).item() == 0:
                 return self._resumed(path, record)
             self.say(f"checkpoint {path} did not load; falling back to an older one")
-        if found:
+        if tried:
             raise TrainingError(
                 f"no checkpoint in {self.state_dir} could be loaded (see the lines above); "
                 "delete that folder to train from the start"
             )
         return Progress()
+
+    def _tampered(self, path: Path, record: dict[str, Any]) -> str | None:
+        """Why the files of `path` differ from the hashes its save recorded (checked on
+        the main process, the removal included), or None when they match."""
+        problem = None
+        if self.dist.is_main:
+            try:
+                verify_checkpoint(path, record)
+            except (CheckpointError, OSError) as exc:
+                problem = str(exc)
+                shutil.rmtree(path, ignore_errors=True)
+        return self.dist.broadcast(problem)
 
     def _usable(self) -> list[tuple[Path, dict[str, Any]]]:
         found = usable_checkpoints(self.state_dir, self.key, self.say)
