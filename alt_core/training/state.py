@@ -22,11 +22,12 @@ be loaded is also checked against its hashes (`verify_checkpoint`). `resume_key`
 what decides the result (the inputs' content, the training config, the seed): state saved
 for other inputs is discarded, not resumed.
 
-Loading never runs code from the folder (`data_only_loads`): every `torch.load` made while
-a checkpoint loads, DeepSpeed's and Accelerate's included (they ask for full pickles), is
-forced to torch's weights-only unpickler, which builds tensors, containers, numbers and
-the few classes of `allowed_classes` and nothing else. docs/operating.md ("What a run folder
-must be trusted with") says what the hashes do and do not protect against.
+Loading never runs code from the folder (`safe_load.data_only_loads`): every
+`torch.load` made while a checkpoint loads, DeepSpeed's and Accelerate's included (they
+ask for full pickles), is forced to torch's weights-only unpickler, which builds tensors,
+containers, numbers and the few classes of `safe_load.allowed_classes` and nothing else.
+docs/operating.md ("What a run folder must be trusted with") says what the hashes do and
+do not protect against.
 
 The state folder must be one that every training process sees (one machine, or a shared
 file system).
@@ -53,6 +54,7 @@ import torch
 
 from alt_core import store
 from alt_core.training.dist import Dist
+from alt_core.training.safe_load import data_only_loads, unsafe_files
 from alt_core.training.spec import TrainingError, TrainSpec
 
 METRICS_FILE = "train_metrics.json"
@@ -395,64 +397,10 @@ def load_checkpoint(accelerator: Any, dist: Dist, path: Path) -> None:
             set_rng_states(torch.load(path / RNG_FILE.format(rank=dist.rank), weights_only=True))
     except pickle.UnpicklingError:
         raise CheckpointError(
-            f"refused to unpickle {_unsafe_files(path)}: a checkpoint holds tensors and "
-            "plain data only, and loading one never runs code from it (the classes allowed "
-            "are alt_core.training.state.allowed_classes)"
+            f"refused to unpickle {unsafe_files(path, _files_of(path))}: a checkpoint holds "
+            "tensors and plain data only, and loading one never runs code from it (the "
+            "classes allowed are alt_core.training.safe_load.allowed_classes)"
         ) from None
-
-
-def _unsafe_files(folder: Path) -> str:
-    """Which files of `folder` name classes or functions outside the allow-list, and
-    which: read from the pickle opcodes, without unpickling anything."""
-    allowed = {f"{c.__module__}.{c.__qualname__}" for c in allowed_classes()}
-    found = []
-    for rel in _files_of(folder):
-        try:
-            names = torch.serialization.get_unsafe_globals_in_checkpoint(folder / rel)
-        except Exception:  # not a torch file (JSON, text, a script): never unpickled
-            continue
-        # numpy's array types: allowed by Accelerate's loader for its RNG file.
-        unsafe = [n for n in names if n not in allowed and not n.startswith("numpy.")]
-        if unsafe:
-            found.append(f"{rel} (it names {', '.join(unsafe)})")
-    return "; ".join(found) or f"a file of {folder}"
-
-
-def allowed_classes() -> list[Any]:
-    """The classes a checkpoint may hold besides tensors, containers and numbers: what
-    DeepSpeed's ZeRO optimizer state pickles. Each is rebuilt by setting attributes on an
-    instance made without calling `__init__` (enums by value), none runs code of its own
-    there. numpy's array types for Accelerate's RNG file are added by Accelerate's own
-    loader. Imported here, not at module level: DeepSpeed is loaded by then."""
-    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
-    from deepspeed.runtime.zero.config import ZeroStageEnum
-    from deepspeed.utils.tensor_fragment import fragment_address
-
-    return [ZeroStageEnum, LossScaler, DynamicLossScaler, fragment_address]
-
-
-# The torch switch that makes every torch.load weights-only, even one that asks for
-# a full unpickler, and the one that would do the opposite.
-_FORCE_SAFE, _FORCE_UNSAFE = "TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
-
-
-@contextmanager
-def data_only_loads(allowed: list[Any] | None = None) -> Iterator[None]:
-    """Within: every `torch.load` in this process uses torch's weights-only unpickler
-    with `allowed` (default: `allowed_classes()`) added to its allow-list, whatever its
-    caller passed for `weights_only`. DeepSpeed's checkpoint engine and Accelerate's
-    custom-object loader ask for full pickles; a checkpoint is data, so they get none.
-    A file that needs anything else fails with pickle.UnpicklingError, naming it."""
-    saved = {name: os.environ.pop(name, None) for name in (_FORCE_SAFE, _FORCE_UNSAFE)}
-    os.environ[_FORCE_SAFE] = "1"
-    try:
-        with torch.serialization.safe_globals(allowed_classes() if allowed is None else allowed):
-            yield
-    finally:
-        for name, value in saved.items():
-            os.environ.pop(name, None)
-            if value is not None:
-                os.environ[name] = value
 
 
 @contextmanager

@@ -18,12 +18,12 @@ import torch
 
 from alt_core.training import state as train_state
 from alt_core.training.dist import Dist
+from alt_core.training.safe_load import data_only_loads
 from alt_core.training.state import (
     RNG_FILE,
     STATE_FILE,
     Checkpointer,
     CheckpointError,
-    data_only_loads,
     load_checkpoint,
     read_checkpoint,
     rng_states,
