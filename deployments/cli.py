@@ -196,14 +196,21 @@ def show_status(run_dir: str, overrides: list[str], verify: bool = False) -> int
 
 
 def execute(config: RunConfig, run_dir: str) -> int:
+    from deployments.stopping import Interrupted, run_until_stopped
     from flows.run import alt_run
 
     logging.getLogger("alt").info("run dir: %s", run_dir)
     try:
-        rows = alt_run(config=config, run_dir=run_dir)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted; resume with: alt resume {run_dir}", file=sys.stderr)
-        return 130
+        # Ctrl-C, SIGTERM and a cancel in Prefect stop every job first (deployments.stopping).
+        rows = run_until_stopped(
+            lambda name: alt_run.with_options(flow_run_name=name)(config=config, run_dir=run_dir),
+            config.name,
+        )
+    except Interrupted as stopped:
+        print(f"\n{stopped.report(run_dir)}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        # The flow's threads may still be unwinding; nothing of theirs is needed now.
+        os._exit(stopped.exit_code)
     except Exception as exc:  # noqa: BLE001 - report any stage failure the same way
         print(f"\nerror: the run failed: {exc}", file=sys.stderr)
         print(f"finished work is kept; resume with: alt resume {run_dir}", file=sys.stderr)

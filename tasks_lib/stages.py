@@ -16,9 +16,15 @@ from alt_core.pipeline import dag
 from alt_core.pipeline import stages as pipeline
 from alt_core.pipeline.layout import RunInputs
 from alt_core.pipeline.specs import StageResult
+from alt_core.runtime import stop
 from tasks_lib.common import logger, stage_env
 
 STAGE_RETRIES = 1
+
+
+def retry_unless_stopping(_task: object, _run: object, _state: object) -> bool:
+    """A run that is being stopped (`alt_core.runtime.stop`) retries nothing."""
+    return stop.stopping() is None
 
 
 @task(name="prepare-run", cache_policy=NO_CACHE, retries=STAGE_RETRIES)
@@ -37,9 +43,11 @@ def _stage_task(stage: dag.Stage):
         cache_policy=NO_CACHE,
         retries=STAGE_RETRIES,
         retry_delay_seconds=5,
+        retry_condition_fn=retry_unless_stopping,
     )
     def run(config: RunConfig, node: dag.Node) -> StageResult:
-        return pipeline.run_node(config, node, stage_env())
+        with stop.running_stage(node.name):
+            return pipeline.run_node(config, node, stage_env())
 
     return run
 

@@ -7,6 +7,12 @@ or a CI job, goes down with it) and its own, the way a lost machine or the OOM k
 a run: no exception handler, no cleanup. Points: `<stage>:<shard>` for shard workers (for example
 `train_samples:1`, `train_feedback:0`), `datapool` (between the pool and the training
 set writes), `perplexity` (evaluation); training uses `ALT_TRAIN_FAIL_AT_STEP=N`.
+
+For the stop tests, `ALT_FAULT_PAUSE=<point>` holds the code that reaches the point until
+the run is stopped (`runtime.stop`), so a signal lands while that stage is running; the
+points are those above and `train:<step>` (after optimizer step N). With
+`ALT_FAULT_PAUSE_MARK=<file>` the paused process appends `<point> <pid>` to that file
+first, which tells the test the stage has begun.
 Unset, every check is one dictionary lookup.
 """
 
@@ -17,10 +23,15 @@ import os
 import re
 import signal
 import sys
+import time
+
+from alt_core.runtime import stop
 
 FAULT_ENV = "ALT_FAULT_POINT"
 TRAIN_FAULT_ENV = "ALT_TRAIN_FAIL_AT_STEP"
 RUN_PGID_ENV = "ALT_RUN_PGID"
+PAUSE_ENV = "ALT_FAULT_PAUSE"
+PAUSE_MARK_ENV = "ALT_FAULT_PAUSE_MARK"
 
 
 def armed(environ: dict[str, str] | None = None) -> bool:
@@ -63,5 +74,23 @@ def kill_run() -> None:
 
 
 def crash_if(point: str) -> None:
+    """Kill the run (ALT_FAULT_POINT) or pause it until stopped (ALT_FAULT_PAUSE) at
+    `point`; a paused run that is stopped raises StopRequested here."""
     if os.environ.get(FAULT_ENV) == point:
         kill_run()
+    if pause_if(point):
+        stop.check(point)
+
+
+def pause_if(point: str) -> bool:
+    """Wait here until this process is asked to stop, when ALT_FAULT_PAUSE names
+    `point`; returns whether it paused. A job process without a SIGTERM handler of its
+    own simply dies of the signal while it waits."""
+    if os.environ.get(PAUSE_ENV) != point:
+        return False
+    if mark := os.environ.get(PAUSE_MARK_ENV):
+        with open(mark, "a") as fh:
+            fh.write(f"{point} {os.getpid()}\n")
+    while stop.stopping() is None:
+        time.sleep(0.05)
+    return True

@@ -1,8 +1,10 @@
 """The one subprocess launcher: every sampling, feedback, perplexity and training job.
 
 A job runs in a process of its own (a crash or an out-of-memory stays in that job, and
-its GPU memory is freed when it exits), in a process group of its own (stopping the
-parent takes every process of the job down, all ranks of a multi-GPU training too).
+its GPU memory is freed when it exits), in a session and process group of its own (stopping the
+parent takes every process of the job down, all ranks of a multi-GPU training too; a
+Ctrl-C at the terminal reaches only the parent). While it runs the job is known to
+`runtime.stop`, which ends it when the run is stopped; no job starts after that.
 
 The protocol, the same for every kind of job:
 
@@ -23,6 +25,7 @@ threads, vLLM's CPU cache size) and the fault-injection hooks (`runtime.faults`)
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import os
 import signal
@@ -35,6 +38,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from alt_core.runtime import stop
 
 JobKind = Literal["sample", "feedback", "perplexity", "train"]
 ENTRY_MODULE = "alt_core.runtime.entry"
@@ -108,7 +113,8 @@ def run_job(
     """Run one job in a child process (see the module docstring); return its result.
 
     Raises WorkerError with the exit status and the last output lines when the child
-    fails or ends without a result.
+    fails or ends without a result, and StopRequested (`runtime.stop`) instead when the
+    run is stopping: the job is then not started, or was told to stop.
     """
     with tempfile.TemporaryDirectory(prefix=f"alt-{kind}-") as tmp:
         job = Job(
@@ -120,7 +126,8 @@ def run_job(
         job_path = Path(tmp) / "job.json"
         job_path.write_text(job.model_dump_json())
         tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
-        proc = subprocess.Popen(
+        start = functools.partial(
+            subprocess.Popen,
             entry_command(job_path, prefix),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -128,20 +135,22 @@ def run_job(
             env=child_env(env),
             start_new_session=True,
         )
-        try:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                line = line.rstrip("\n")
-                tail.append(line)
-                log(line)
-            returncode = proc.wait()
-        except BaseException:
-            # The parent is being stopped: take the job's whole process group with it.
-            kill_process_group(proc)
-            raise
+        with stop.start_job(start, name) as proc:
+            try:
+                assert proc.stdout is not None
+                for line in proc.stdout:
+                    line = line.rstrip("\n")
+                    tail.append(line)
+                    log(line)
+                returncode = proc.wait()
+            except BaseException:
+                # The parent is being stopped: take the job's whole process group with it.
+                kill_process_group(proc)
+                raise
         result_file = Path(job.result_path)
         if returncode == 0 and result_file.exists():
             return json.loads(result_file.read_text())
+        stop.check(f"{name} ({describe_exit(returncode)})")
     cause = "\n".join(tail) or "(no output)"
     how = describe_exit(returncode) if returncode else "exited without a result"
     raise WorkerError(

@@ -27,7 +27,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -66,6 +66,7 @@ from alt_core.training.state import (
     resume_key,
     state_lock,
 )
+from alt_core.training.worker import TrainingStopped, save_fits, stop_requested
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -302,6 +303,7 @@ def _run_epochs(
     cfg, gas = loop.cfg, loop.cfg.gradient_accumulation_steps
     records = list(progress.records)
     session_started = time.time()
+    last_save_s: float | None = None  # how long this session's last checkpoint took
     loop.model.train()
     first_epoch, first_window = loop.state.position(progress.step)
     for epoch in range(first_epoch, cfg.epochs):
@@ -324,9 +326,19 @@ def _run_epochs(
             _report(loop.accelerator, record)
             if step == progress.step + 1 or step % cfg.log_every == 0 or step == loop.total_steps:
                 loop.say(_step_line(record, loop.total_steps))
-            loop.state.save_if_due(records, record["elapsed_s"])
+            save_started = time.monotonic()
+            saved = loop.state.save_if_due(records, record["elapsed_s"]) is not None
+            if saved:
+                last_save_s = time.monotonic() - save_started
             if after_step is not None:
                 after_step(step)
+            if stop_requested(loop.dist):
+                # SIGTERM: keep this step if a checkpoint fits in the grace time, then exit.
+                if not saved and save_fits(loop.dist, last_save_s):
+                    replace(loop.state, every=1).save_if_due(records, record["elapsed_s"])
+                    saved = True
+                kept = "its checkpoint is kept" if saved else "no checkpoint of it was saved"
+                raise TrainingStopped(f"training stopped after step {step}; {kept}")
     if len(records) != loop.total_steps:  # a bug in the position arithmetic, never data
         raise TrainingError(
             f"training ended after {len(records)} steps, expected {loop.total_steps} "

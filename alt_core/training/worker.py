@@ -17,23 +17,36 @@ Fault injection, for the resume tests and benchmark: with `ALT_TRAIN_FAIL_AT_STE
 its environment (`alt_core.runtime.faults`), every training process kills itself with
 SIGKILL right after optimizer step N (and that step's checkpoint, if one was due), the way
 the OOM killer or a lost machine ends a run: no exception handler and no cleanup run.
+
+Stopping: a training process that receives SIGTERM (`alt_core.runtime.stop` sends it to
+the job's group when the run is stopped) finishes its optimizer step, saves a checkpoint
+when one fits in what is left of `stop.GRACE_S` (see `save_fits`), and exits with
+`STOPPED_EXIT`; the run's resume continues from that checkpoint.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from alt_core.runtime.faults import TRAIN_FAULT_ENV, kill_run
+from alt_core.runtime import stop
+from alt_core.runtime.faults import TRAIN_FAULT_ENV, kill_run, pause_if
 from alt_core.runtime.launcher import WorkerError, describe_exit, entry_command, run_job
 from alt_core.training.spec import TrainingError, TrainSpec
 from alt_core.training.state import finished_summary
 
 FAIL_AT_STEP_ENV = TRAIN_FAULT_ENV
+# A training that stopped on SIGTERM (after saving what it could) exits with this code.
+STOPPED_EXIT = 143
+
+
+class TrainingStopped(TrainingError):
+    """Training was asked to stop (SIGTERM); raised by the step loop after the step."""
 
 
 def free_port() -> int:
@@ -79,13 +92,52 @@ def crash_hook(environ: Mapping[str, str] | None = None) -> Callable[[int], None
     return kill_after
 
 
+def step_hook(environ: Mapping[str, str] | None = None) -> Callable[[int], None]:
+    """What runs after every optimizer step: the fault hooks (the crash of
+    ALT_TRAIN_FAIL_AT_STEP, the pause point `train:<step>` of `runtime.faults`)."""
+    crash = crash_hook(environ)
+
+    def after(step: int) -> None:
+        if crash is not None:
+            crash(step)
+        pause_if(f"train:{step}")
+
+    return after
+
+
+def stop_requested(dist: Any) -> bool:
+    """Whether any training process was asked to stop; every process calls this after
+    each step, so they all stop (and save) at the same step."""
+    asked = stop.stopping() is not None
+    if dist.world == 1:
+        return asked
+    import torch
+
+    return bool(dist.sum(torch.tensor([float(asked)])).item() > 0)
+
+
+def save_fits(dist: Any, last_save_s: float | None) -> bool:
+    """Whether a checkpoint can be written before the grace time ends: when the last save
+    of this training took less than the grace left (before the first save: when at least
+    half of it is left). Rank 0 decides for all."""
+    left = stop.GRACE_S - stop.seconds_since_request()
+    fits = left > (last_save_s if last_save_s is not None else stop.GRACE_S / 2)
+    return bool(dist.broadcast(fits))
+
+
 def run_training(spec: dict[str, Any]) -> dict[str, Any]:
     """The child's side (`alt_core.runtime.entry`, kind `train`): train, return the summary."""
     from alt_core.training.loop import train
 
+    # SIGTERM: finish the step, save if that fits in the grace time, exit STOPPED_EXIT.
+    signal.signal(signal.SIGTERM, lambda signum, _frame: stop.request_stop(signum))
     ensure_single_process_env()
     parsed = TrainSpec.model_validate(spec)
-    return train(parsed, log=_stdout_line, after_step=crash_hook())
+    try:
+        return train(parsed, log=_stdout_line, after_step=step_hook())
+    except TrainingStopped as exc:
+        _stdout_line(str(exc))
+        raise SystemExit(STOPPED_EXIT) from None
 
 
 def _stdout_line(message: str) -> None:

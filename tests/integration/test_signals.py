@@ -1,0 +1,169 @@
+"""Stop a run with SIGINT or SIGTERM inside a stage, then resume it.
+
+Each run is the real `alt` command, held at a pause point of `alt_core.runtime.faults`
+while a stage runs (a sampling shard's job, a feedback shard in the flow's process, a
+training job after its second step). The signal must end the whole run within
+`EXIT_LIMIT_S`, with no process of it left (every process of the run carries a marker in
+its environment), exit 130/143, and say what it interrupted and how to resume; `alt
+resume` then gives the metrics of an uninterrupted run. SIGINT goes to the run's process
+group, as a Ctrl-C at the terminal sends it; SIGTERM to the `alt` process alone, as
+`timeout`, SLURM and Kubernetes send it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from alt_core import store
+from alt_core.pipeline.layout import RunLayout
+from tests.integration.test_fault_injection import assert_same_metrics, outcome
+from tests.support.runs import tiny_run_config
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+EXIT_LIMIT_S = 10.0
+MARK_ENV = "ALT_TEST_RUN_MARK"
+STAGES = {
+    "train_samples:1": "iter-1-train-sample-1",
+    "train_feedback:0": "iter-1-train-feedback-0",
+    "train:2": "iter-1-train",
+}
+
+
+@pytest.fixture(scope="module")
+def signal_config(tmp_path_factory, tiny_model_dir) -> Path:
+    tmp = tmp_path_factory.mktemp("signals")
+    config = tiny_run_config(
+        tmp,
+        tiny_model_dir,
+        sampling={"backend": "hf", "num_generations": 5, "max_new_tokens": 12, "num_shards": 2},
+        training={
+            "learning_rate": 1e-3,
+            "epochs": 1,
+            "per_device_batch_size": 4,
+            "kl_coef": 0.05,
+            "entropy_coef": 0.01,
+            "max_seq_len": 64,
+            "checkpoint_every": 4,
+        },
+    )
+    path = tmp / "config.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    return path
+
+
+@pytest.fixture(scope="module")
+def api_env(prefect_harness) -> dict[str, str]:
+    from prefect.settings import PREFECT_API_URL
+
+    return {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+
+
+def alt(args: list[str], env: dict[str, str], timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "deployments.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def reference(signal_config, api_env, tmp_path_factory):
+    run_dir = str(tmp_path_factory.mktemp("reference") / "run")
+    done = alt(["run", "--config", str(signal_config), "--run-dir", run_dir], api_env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return outcome(run_dir)
+
+
+def processes_marked(mark: str) -> list[str]:
+    """The live processes whose environment holds MARK_ENV=mark (zombies do not count:
+    nothing may reap an orphan in a container)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if f"{MARK_ENV}={mark}".encode() not in (proc / "environ").read_bytes():
+                continue
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if state != "Z":
+            found.append(f"{proc.name} {cmd}")
+    return found
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if process.poll() is not None:
+            pytest.fail(f"the run ended before its pause point: {process.stderr.read()[-3000:]}")
+        assert time.monotonic() < deadline, "the pause point was never reached"
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("point", list(STAGES))
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_stops_the_run_then_resume_finishes_it(
+    signum, point, signal_config, api_env, reference, tmp_path
+):
+    run_dir = str(tmp_path / "run")
+    mark, paused = uuid.uuid4().hex, tmp_path / "paused"
+    env = {
+        **api_env,
+        MARK_ENV: mark,
+        "ALT_FAULT_PAUSE": point,
+        "ALT_FAULT_PAUSE_MARK": str(paused),
+    }
+    run = subprocess.Popen(
+        [sys.executable, "-m", "deployments.cli", "run", "--config", str(signal_config),
+         "--run-dir", run_dir],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_for(paused, run)
+        sent = time.monotonic()
+        if signum == signal.SIGINT:
+            os.killpg(run.pid, signum)  # the terminal's Ctrl-C: the foreground group
+        else:
+            run.send_signal(signum)
+        _, stderr = run.communicate(timeout=60)
+        seconds = time.monotonic() - sent
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    left = processes_marked(mark)
+    print(f"{signal.Signals(signum).name} at {point}: exit {run.returncode} in {seconds:.1f} s")
+    assert run.returncode == (130 if signum == signal.SIGINT else 143), stderr[-3000:]
+    assert seconds < EXIT_LIMIT_S, stderr[-3000:]
+    assert not left, left
+    last = stderr.strip().splitlines()[-1]
+    name = signal.Signals(signum).name
+    assert re.fullmatch(
+        rf"interrupted \({name}\) during .*{STAGES[point]}.*; finished work is kept; "
+        rf"resume with: alt resume {re.escape(run_dir)}",
+        last,
+    ), stderr[-3000:]
+    assert "Traceback" not in stderr and "ConnectError" not in stderr, stderr[-3000:]
+    assert not store.exists(RunLayout(run_dir).metrics)
+
+    resumed = alt(["resume", run_dir], {**api_env, MARK_ENV: mark})
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    ref_pool, ref_metrics = reference
+    _, metrics = outcome(run_dir)
+    assert_same_metrics(metrics, ref_metrics)
+    if point.startswith("train:"):
+        summary = store.read_json(store.join(RunLayout(run_dir).policy(1), "train_metrics.json"))
+        assert summary["summary"]["resumed_from_step"] == 2
