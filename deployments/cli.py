@@ -10,8 +10,10 @@
     alt report RUN_DIR                          # a self-contained HTML report with plots
     alt serve                                   # serve the Prefect deployments
 
-Bad input (config, preset, prompt files) is reported before the run folder is created,
-so a refused run leaves nothing behind.
+Bad input is reported before any engine starts and before anything is written
+(`alt_core.preflight`: the run folder, models, judge, prompt data), so a refused run
+leaves nothing behind: one message on stderr and exit status 2; `alt --debug ...` adds
+the traceback.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import datetime as dt
 import logging
 import os
 import sys
+import traceback
 from typing import Any
 
 from alt_core import store
@@ -36,11 +39,13 @@ from alt_core.config import (
     validate_config,
 )
 from alt_core.pipeline.layout import RunLayout
+from alt_core.preflight import PreflightError, preflight
 from alt_core.runtime.faults import claim_run_group
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="alt", description="ALT alignment pipeline")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error too")
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="start (or continue) a run")
@@ -86,14 +91,30 @@ def _default_run_dir(config: RunConfig) -> str:
     return os.path.abspath(os.path.join("runs", f"{config.name}-{stamp}"))
 
 
-def preflight(config: RunConfig) -> None:
-    """Check what can be checked before any work starts: the prompt sets load."""
-    if config.data.source == "demo":
-        return
-    from alt_core.data import load_prompts
+# Prefect settings for the temporary API a run starts when no PREFECT_API_URL is set, each
+# unless the user set it (under either of its names). Telemetry: the server's heartbeat
+# fails without network ("Failed to send telemetry") and, on a busy machine, its database
+# write was the "database is locked" traceback at start-up. Timeouts: with several runs
+# and engines on two cores the server took 40 s to start (Prefect's default: 20 s) and
+# its sqlite writes waited on each other past 10 s.
+QUIET_PREFECT = {
+    ("PREFECT_SERVER_ANALYTICS_ENABLED",): "false",
+    ("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS",): "120",
+    ("PREFECT_SERVER_DATABASE_TIMEOUT", "PREFECT_API_DATABASE_TIMEOUT"): "60",
+}
 
-    for split in ("train", "valid"):
-        load_prompts(config, split)
+
+def quiet_prefect(environ: dict[str, str] | os._Environ = os.environ) -> None:
+    """Set QUIET_PREFECT in `environ` where unset (the temporary server inherits it)."""
+    for names, value in QUIET_PREFECT.items():
+        if not any(name in environ for name in names):
+            environ[names[0]] = value
+
+
+def _check(config: RunConfig | None, run_dir: str, *, writes: bool) -> None:
+    """Preflight (`alt_core.preflight`), its notes on stderr."""
+    for note in preflight(config, run_dir, writes=writes):
+        print(f"note: {note}", file=sys.stderr)
 
 
 def existing_config(run_dir: str) -> RunConfig | None:
@@ -225,10 +246,14 @@ def execute(config: RunConfig, run_dir: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_prefect()  # before Prefect is imported: it reads its settings once
     parser = _parser()
     # Overrides may come before or after options (`alt run --run-dir X a=1`): argparse
     # stops a positional list at the first option, so collect the rest here.
     args, extra = parser.parse_known_args(argv)
+    # --debug is a top-level option, taken after the command too (`alt run --debug`).
+    args.debug = args.debug or "--debug" in extra
+    extra = [e for e in extra if e != "--debug"]
     stray = [e for e in extra if e.startswith("-") or "=" not in e]
     if stray or (extra and not hasattr(args, "overrides")):
         parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
@@ -258,19 +283,26 @@ def main(argv: list[str] | None = None) -> int:
             print(write_report(args.run_dir))
             return 0
         if args.command == "status":
+            _check(None, args.run_dir, writes=False)
             return show_status(args.run_dir, args.overrides, verify=args.verify)
         if args.command == "resume":
+            _check(None, args.run_dir, writes=False)
             config = existing_config(args.run_dir)
             if config is None:
                 raise ConfigError(f"{args.run_dir} holds no run (no config.yaml); check the path")
-            return execute(absolute_paths(config), args.run_dir)
+            config = absolute_paths(config)
+            _check(config, args.run_dir, writes=True)
+            return execute(config, args.run_dir)
         preset = args.preset or (None if args.config else "demo")
         config = absolute_paths(load_config(preset, args.config, args.overrides))
-        preflight(config)
         run_dir = args.run_dir or _default_run_dir(config)
+        _check(config, run_dir, writes=True)
         report_changed_config(run_dir, config)
         return execute(config, run_dir)
-    except (ConfigError, ValueError, FileNotFoundError) as exc:
+    except (ConfigError, PreflightError, ValueError, FileNotFoundError) as exc:
+        # Bad input: one message, what / where / the fix; the traceback only with --debug.
+        if args.debug:
+            traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

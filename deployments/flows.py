@@ -23,6 +23,7 @@ from alt_core.config import (
     config_from_preset,
 )
 from alt_core.pipeline.layout import RunLayout
+from alt_core.preflight import preflight
 
 
 @flow(name="alt-single-iteration", log_prints=True)
@@ -47,6 +48,8 @@ def single_iteration(
 
     run_config = absolute_paths(config_from_preset(preset, config))
     run_dir = absolute_uri(run_dir)
+    for note in preflight(run_config, run_dir, writes=True):  # before anything is written
+        print(f"note: {note}")
     if not 1 <= iteration <= run_config.iterations:
         raise ConfigError(f"iteration must be in 1..{run_config.iterations} (got {iteration})")
     previous = RunLayout(run_dir).policy(iteration - 1)

@@ -10,6 +10,7 @@ from prefect.artifacts import create_table_artifact
 from alt_core import store
 from alt_core.config import RunConfig, RunSettings, absolute_paths, absolute_uri, config_from_preset
 from alt_core.pipeline.layout import RunLayout
+from alt_core.preflight import preflight
 from alt_core.report.html import format_cell
 from flows.iteration import alt_iteration, evaluate_policy
 from tasks_lib import stages
@@ -74,7 +75,10 @@ def alt_run(config: RunSettings, run_dir: str, preset: str | None = None) -> lis
             out takes the model's default.
     """
     # Local paths resolved once, here, so config.yaml records where the files are.
-    return run_all(absolute_paths(config_from_preset(preset, config)), absolute_uri(run_dir))
+    run_config, run_dir = absolute_paths(config_from_preset(preset, config)), absolute_uri(run_dir)
+    for note in preflight(run_config, run_dir, writes=True):  # before anything is written
+        print(f"note: {note}")
+    return run_all(run_config, run_dir)
 
 
 def run_all(config: RunConfig, run_dir: str) -> list[dict[str, Any]]:
