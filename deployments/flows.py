@@ -24,6 +24,7 @@ from alt_core.config import (
 )
 from alt_core.pipeline.layout import RunLayout
 from alt_core.preflight import preflight
+from alt_core.runtime.runlock import RunLock
 
 
 @flow(name="alt-single-iteration", log_prints=True)
@@ -58,8 +59,9 @@ def single_iteration(
             f"iteration {iteration} starts from the policy of iteration {iteration - 1}, "
             f"which {run_dir} does not hold ({previous}): run iteration {iteration - 1} first"
         )
-    inputs = stages.prepare_run(run_config, run_dir)
-    return alt_iteration(run_config, run_dir, iteration, inputs)
+    with RunLock(run_dir):  # one run per folder: a second is refused (runtime.runlock)
+        inputs = stages.prepare_run(run_config, run_dir)
+        return alt_iteration(run_config, run_dir, iteration, inputs)
 
 
 @flow(name="alt-scheduled-run", log_prints=True)

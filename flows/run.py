@@ -12,6 +12,7 @@ from alt_core.config import RunConfig, RunSettings, absolute_paths, absolute_uri
 from alt_core.pipeline.layout import RunLayout
 from alt_core.preflight import preflight
 from alt_core.report.html import format_cell
+from alt_core.runtime.runlock import RunLock
 from flows.iteration import alt_iteration, evaluate_policy
 from tasks_lib import stages
 from tasks_lib.common import artifact_key
@@ -78,7 +79,8 @@ def alt_run(config: RunSettings, run_dir: str, preset: str | None = None) -> lis
     run_config, run_dir = absolute_paths(config_from_preset(preset, config)), absolute_uri(run_dir)
     for note in preflight(run_config, run_dir, writes=True):  # before anything is written
         print(f"note: {note}")
-    return run_all(run_config, run_dir)
+    with RunLock(run_dir):  # one run per folder: a second is refused (runtime.runlock)
+        return run_all(run_config, run_dir)
 
 
 def run_all(config: RunConfig, run_dir: str) -> list[dict[str, Any]]:
