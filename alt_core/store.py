@@ -57,13 +57,6 @@ RETRY_MAX_WAIT_S = 4.0
 # that goes silent, fails the try after this long (the retry above decides what next).
 CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 20.0
-_S3_OPTIONS = {
-    "config_kwargs": {
-        "connect_timeout": CONNECT_TIMEOUT_S,
-        "read_timeout": READ_TIMEOUT_S,
-        "retries": {"total_max_attempts": 1},
-    }
-}
 # Operations that move a file: not cut at the budget (a large checkpoint takes longer).
 _TRANSFERS = ("upload", "download")
 
@@ -124,7 +117,13 @@ def _sha256(data: bytes) -> str:
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """The filesystem of `uri` as the store uses it, and the path on it."""
     if uri.startswith(("s3://", "s3a://")):
-        fs, path = fsspec.core.url_to_fs(uri, **_S3_OPTIONS)
+        # A new dict each time: botocore writes into the one it is given.
+        config = {
+            "connect_timeout": CONNECT_TIMEOUT_S,
+            "read_timeout": READ_TIMEOUT_S,
+            "retries": {"total_max_attempts": 1},
+        }
+        fs, path = fsspec.core.url_to_fs(uri, config_kwargs=config)
         fs.retries = 1  # s3fs's own retry loop (5 tries by default): the store's is enough
         return fs, path
     return fsspec.core.url_to_fs(uri)

@@ -10,7 +10,9 @@ write, a server that stays down, and credentials kept out of errors and logs.
 from __future__ import annotations
 
 import logging
+import os
 import re
+import socket
 import threading
 import time
 from pathlib import Path
@@ -305,3 +307,140 @@ def test_credentials_stay_out_of_errors_and_logs(s3_server, s3_run_root, monkeyp
         # Authorization header; nothing at WARNING or above, and nothing of ours, does.
         if record.levelno >= logging.WARNING or record.name.startswith("alt_core"):
             assert s3_server.access_key not in message, message
+
+
+# Storage faults: one clear error naming the URI and the fix, within the retry budget.
+
+
+def _point_at(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_the_store_filesystem_sets_only_timeouts_and_retries(s3_run_root):
+    fs, _ = store.filesystem(s3_run_root)
+    assert set(fs.storage_options) == {"config_kwargs"}  # no endpoint, no credentials
+    assert fs.storage_options["config_kwargs"]["retries"]["total_max_attempts"] == 1
+    assert fs.retries == 1
+    assert store.filesystem(s3_run_root)[0] is fs  # one instance, however often asked
+
+
+def test_check_writable_passes_and_leaves_nothing(s3_server, s3_run_root):
+    store.check_writable(s3_run_root)
+    prefix = s3_run_root.split("/", 3)[3]
+    listing = s3_server.client().list_objects_v2(Bucket=s3_server.bucket, Prefix=prefix)
+    assert listing["KeyCount"] == 0
+
+
+def test_a_missing_bucket_fails_at_once_with_the_fix(s3_server, s3_run_root):
+    run_dir = "s3://no-such-bucket-alt/run"
+    where = s3_server.endpoint_url
+    for call in (store.check_writable, lambda d: store.read_table(f"{d}/t.parquet")):
+        began = time.monotonic()
+        with pytest.raises(store.StoreConfigError) as excinfo:
+            call(run_dir)
+        assert time.monotonic() - began < 3.0
+        assert str(excinfo.value).startswith(
+            f"bucket no-such-bucket-alt does not exist at endpoint {where}; create it (e.g. "
+            f"`aws s3 mb s3://no-such-bucket-alt --endpoint-url {where}`) or fix the run folder"
+        )
+    # SeaweedFS makes a bucket on the first write to it (AWS S3 refuses): the check ran first.
+    buckets = [b["Name"] for b in s3_server.client().list_buckets()["Buckets"]]
+    assert "no-such-bucket-alt" not in buckets
+
+
+@pytest.mark.timeout(60)
+def test_an_endpoint_that_refuses_connections_fails_within_the_budget(s3_run_root, monkeypatch):
+    monkeypatch.setattr(store, "RETRY_BUDGET_S", 3.0)
+    endpoint = f"http://127.0.0.1:{_free_port()}"
+    _point_at(monkeypatch, endpoint)
+    calls = (store.check_writable, lambda d: store.write_table(f"{d}/t.parquet", FRAME))
+    for call in calls:
+        began = time.monotonic()
+        with pytest.raises(store.StoreUnavailableError) as excinfo:
+            call(s3_run_root)
+        elapsed = time.monotonic() - began
+        assert 1.0 < elapsed < 3.0 + 2.0, elapsed
+        message = str(excinfo.value)
+        assert s3_run_root in message and f"the endpoint {endpoint}" in message
+        assert "EndpointConnectionError" in message and "run the same command again" in message
+
+
+@pytest.mark.timeout(60)
+def test_an_endpoint_that_never_answers_is_cut_at_the_budget(s3_run_root, monkeypatch):
+    monkeypatch.setattr(store, "RETRY_BUDGET_S", 3.0)
+    with socket.socket() as silent:  # takes connections (the backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        endpoint = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        _point_at(monkeypatch, endpoint)
+        for call in (store.check_writable, lambda d: store.read_bytes(f"{d}/config.yaml")):
+            began = time.monotonic()
+            with pytest.raises(store.StoreUnavailableError, match=r"no answer in \d+ s"):
+                call(s3_run_root)
+            # Not the 20 s read timeout, nor botocore's or s3fs's retries of it.
+            assert time.monotonic() - began < 3.0 + 2.0
+
+
+def test_no_credentials_names_the_fix(s3_run_root, monkeypatch):
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    s3fs.S3FileSystem.clear_instance_cache()
+    for call in (store.check_writable, lambda d: store.read_json(f"{d}/metrics.json")):
+        began = time.monotonic()
+        with pytest.raises(store.StoreAccessError) as excinfo:
+            call(s3_run_root)
+        assert time.monotonic() - began < 3.0
+        message = str(excinfo.value)
+        assert s3_run_root in message and "the store has no credentials" in message
+        assert "Set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" in message
+
+
+def test_wrong_credentials_name_the_fix_and_never_the_secret(s3_server, s3_run_root, monkeypatch):
+    wrong = "wrong-" + s3_server.secret_key[::-1]
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", wrong)
+    s3fs.S3FileSystem.clear_instance_cache()
+    for call in (store.check_writable, lambda d: store.write_json(f"{d}/m.json", {})):
+        began = time.monotonic()
+        with pytest.raises(store.StoreAccessError) as excinfo:
+            call(s3_run_root)
+        assert time.monotonic() - began < 3.0
+        assert isinstance(excinfo.value, PermissionError)  # as access denied always was
+        message = str(excinfo.value)
+        assert f"access denied at {s3_server.endpoint_url}" in message
+        assert "AWS_SECRET_ACCESS_KEY" in message and f"bucket {s3_server.bucket}" in message
+        text = f"{message} {excinfo.value!r} {excinfo.value.__cause__}"
+        assert wrong not in text and s3_server.secret_key not in text
+
+
+def test_check_writable_refuses_local_folders_that_cannot_hold_a_run(tmp_path):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    cases = {
+        str(a_file): "is a file, not a folder",
+        str(a_file / "run"): f"{a_file} is a file, not a folder",
+        "/proc/alt-run": "is under /proc, a kernel filesystem",
+        "file:///sys/alt-run": "is under /sys, a kernel filesystem",
+    }
+    for run_dir, expected in cases.items():
+        began = time.monotonic()
+        with pytest.raises(store.StoreConfigError, match=expected):
+            store.check_writable(run_dir)
+        assert time.monotonic() - began < 1.0
+    store.check_writable(str(tmp_path / "new" / "run"))
+    assert not (tmp_path / "new").exists()  # left as it was found
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes in a read-only folder")
+def test_check_writable_refuses_a_read_only_folder(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o500)
+    with pytest.raises(store.StoreConfigError, match="is not writable"):
+        store.check_writable(str(ro / "run"))
