@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -122,7 +123,8 @@ def never_failed(tmp_path_factory, tiny_model_dir, prefect_harness):
         return rows, server.counters["requests"]
 
 
-def test_a_judge_down_from_the_start(tmp_path, tiny_model_dir, never_failed, capsys):
+def test_a_judge_down_from_the_start(tmp_path, tiny_model_dir, never_failed, capsys, monkeypatch):
+    from alt_core import preflight
     from deployments.cli import execute
     from flows.run import alt_run
 
@@ -130,7 +132,15 @@ def test_a_judge_down_from_the_start(tmp_path, tiny_model_dir, never_failed, cap
     run_dir = str(tmp_path / "run")
     url = closed_port_url()
     config = outage_config(tmp_path, tiny_model_dir, url, "down")
+    # Preflight finds a judge that is down before anything runs or is written ...
+    assert execute(config, run_dir) == 1
+    refused = capsys.readouterr().err
+    assert "cannot be reached" in refused and url in refused
+    assert not any(Path(run_dir).rglob("*.commit.json"))
+    # ... and a judge that goes down after the checks fails the feedback shards.
+    monkeypatch.setattr(preflight, "check_judge", lambda _judge: (None, None))
     assert execute(config, run_dir) == 1  # the CLI's exit status
+    monkeypatch.undo()
     said = capsys.readouterr().err
     assert f"{JUDGEMENTS // SHARDS} of {JUDGEMENTS // SHARDS} judgements missing" in said
     assert f"unreachable: {JUDGEMENTS // SHARDS}" in said and f"cannot connect to {url}" in said
