@@ -59,6 +59,9 @@ THROUGHPUT_ONLY: tuple[str, ...] = (
     "feedback.judge.cache_unparsed",
     "feedback.judge.cache_flush_every",
     "feedback.judge_cache",
+    # How much missing feedback a shard may commit with: it decides whether a shard
+    # commits, not what a committed shard holds (its missing rows are in the table).
+    "feedback.max_missing_share",
     # How often training state is saved and kept, how often a step line is printed, and
     # which experiment trackers listen: switching one on must not discard a training.
     "training.checkpoint_every",
