@@ -40,6 +40,7 @@ from alt_core.config import (
 )
 from alt_core.pipeline.layout import RunLayout
 from alt_core.preflight import PreflightError, preflight
+from alt_core.runtime import runlock
 from alt_core.runtime.faults import claim_run_group
 
 
@@ -220,6 +221,7 @@ def execute(config: RunConfig, run_dir: str) -> int:
     from deployments.stopping import Interrupted, run_until_stopped
     from flows.run import alt_run
 
+    runlock.refuse_if_held(run_dir)  # a live run holds the folder: exit 2, no flow
     logging.getLogger("alt").info("run dir: %s", run_dir)
     try:
         # Ctrl-C, SIGTERM and a cancel in Prefect stop every job first (deployments.stopping).
@@ -232,6 +234,9 @@ def execute(config: RunConfig, run_dir: str) -> int:
         sys.stdout.flush()
         # The flow's threads may still be unwinding; nothing of theirs is needed now.
         os._exit(stopped.exit_code)
+    except (runlock.RunLockError, store.StoreConfigError) as exc:  # refused before any work
+        print(f"\nerror: {exc}", file=sys.stderr)
+        return 2
     except Exception as exc:  # noqa: BLE001 - report any stage failure the same way
         print(f"\nerror: the run failed: {exc}", file=sys.stderr)
         print(f"finished work is kept; resume with: alt resume {run_dir}", file=sys.stderr)
@@ -299,7 +304,14 @@ def main(argv: list[str] | None = None) -> int:
         _check(config, run_dir, writes=True)
         report_changed_config(run_dir, config)
         return execute(config, run_dir)
-    except (ConfigError, PreflightError, ValueError, FileNotFoundError) as exc:
+    except (
+        ConfigError,
+        PreflightError,
+        ValueError,
+        FileNotFoundError,
+        runlock.RunLockError,
+        store.StoreError,
+    ) as exc:
         # Bad input: one message, what / where / the fix; the traceback only with --debug.
         if args.debug:
             traceback.print_exc()

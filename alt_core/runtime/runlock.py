@@ -3,6 +3,8 @@
     with RunLock(run_dir):      # RunLockedError if a live run holds the folder
         ...                     # every store write under run_dir checks the lease first
 
+`refuse_if_held(run_dir)` gives a command line the same refusal before it starts a flow.
+
 The lease names its holder (host, pid, a run id) and when it was taken, renewed and
 expires. A background thread renews it every third of its length (LEASE_ENV, default
 60 s). It is taken over when it has expired, or at once on the same host when its pid
@@ -154,12 +156,26 @@ def _stale_because(lease: Lease, now: float) -> str | None:
     return None
 
 
+def refuse_if_held(run_dir: str) -> None:
+    """Raise RunLockedError when a live run holds the folder (RunLockError for a lock
+    file that is not a lease): a command line's answer before it starts a flow, whose
+    `RunLock` is what decides."""
+    lease = _RemoteLease(run_dir) if store.is_remote(run_dir) else _LocalLease(run_dir)
+    data, _ = lease.read()
+    if data is None:
+        return
+    held, now = Lease.decode(data, lease.uri), time.time()
+    if _stale_because(held, now) is None:
+        raise RunLockedError(held.describe(run_dir.rstrip("/"), now))
+
+
 class _LocalLease:
     """The lease file in a local folder; `guard` serializes changes on this host."""
 
     def __init__(self, run_dir: str):
         self.dir = Path(run_dir.removeprefix("file://"))
         self.path = self.dir / LOCK_NAME
+        self.uri = str(self.path)
 
     @contextlib.contextmanager
     def guard(self) -> Iterator[None]:
@@ -268,8 +284,8 @@ class RunLock:
         )
 
     def acquire(self) -> None:
-        """Take the lease, or raise RunLockedError naming its live holder."""
-        store.check_writable(self.run_dir)
+        """Take the lease, or raise RunLockedError naming its live holder. (Whether the
+        store can hold the run at all is the caller's preflight: `store.check_writable`.)"""
         _HELD.add(self.run_id)  # before it is written: a thread of this process may look
         try:
             self._take()

@@ -193,3 +193,14 @@ def test_the_lease_length_comes_from_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv(runlock.LEASE_ENV, "soon")
     with pytest.raises(ValueError, match="ALT_RUN_LEASE_S='soon'"):
         RunLock(str(tmp_path))
+
+
+def test_refuse_if_held_answers_before_a_flow_starts(tmp_path, sleeper):
+    run_dir = tmp_path / "run"
+    runlock.refuse_if_held(str(run_dir))  # no folder yet: free
+    _write_lease(run_dir, pid=sleeper)
+    with pytest.raises(RunLockedError, match=f"pid {sleeper}"):
+        runlock.refuse_if_held(str(run_dir))
+    _write_lease(run_dir, host="elsewhere", expires=time.time() - 1)
+    runlock.refuse_if_held(str(run_dir))  # expired: a run would take it over
+    assert _lease_file(run_dir)["run_id"] == "other"  # only looked at
