@@ -130,7 +130,9 @@ def _readable_folder(run_dir: str) -> Problem | None:
 
 
 def _models(config: RunConfig) -> list[Problem]:
-    fields = [("model.policy", config.model.policy, _MODEL_FILES)]
+    fields: list[tuple[str, str, tuple[str, ...]]] = [
+        ("model.policy", config.model.policy, _MODEL_FILES)
+    ]
     if config.model.reference:
         fields.append(("model.reference", config.model.reference, _MODEL_FILES))
     if config.model.tokenizer:

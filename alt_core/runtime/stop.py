@@ -76,7 +76,9 @@ def check(what: str = "work") -> None:
 
 def _stopped_by() -> str:
     signum = _STATE.signum
-    return "cancelled in Prefect" if signum == CANCEL else f"interrupted by {signal_name(signum)}"
+    if signum is None or signum == CANCEL:
+        return "cancelled in Prefect" if signum == CANCEL else "stopped"
+    return f"interrupted by {signal_name(signum)}"
 
 
 @contextlib.contextmanager

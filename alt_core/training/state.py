@@ -297,7 +297,7 @@ def rng_states() -> dict[str, Any]:
         "python": random.getstate(),
         "numpy": (
             str(kind),
-            torch.from_numpy(key.astype(np.int64)),
+            torch.from_numpy(np.asarray(key).astype(np.int64)),
             int(pos),
             int(has_gauss),
             float(gauss),
