@@ -19,11 +19,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 
 from alt_core import store
 from alt_core.pipeline.layout import RunLayout
-from tests.support.runs import tiny_run_config
+from tests.support.runs import hf_run_config_file
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -32,24 +31,7 @@ SHARDS = ("train_samples", "train_feedback", "eval_samples", "eval_feedback")
 
 @pytest.fixture(scope="module")
 def fault_config(tmp_path_factory, tiny_model_dir) -> Path:
-    tmp = tmp_path_factory.mktemp("faults")
-    config = tiny_run_config(
-        tmp,
-        tiny_model_dir,
-        sampling={"backend": "hf", "num_generations": 5, "max_new_tokens": 12, "num_shards": 2},
-        training={
-            "learning_rate": 1e-3,
-            "epochs": 1,
-            "per_device_batch_size": 4,
-            "kl_coef": 0.05,
-            "entropy_coef": 0.01,
-            "max_seq_len": 64,
-            "checkpoint_every": 2,
-        },
-    )
-    path = tmp / "config.yaml"
-    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
-    return path
+    return hf_run_config_file(tmp_path_factory.mktemp("faults"), tiny_model_dir, checkpoint_every=2)
 
 
 @pytest.fixture(scope="module")

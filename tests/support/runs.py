@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
+import yaml
 
 from alt_core.config import RunConfig
 
@@ -47,3 +50,29 @@ def tiny_run_config(tmp_path, model_dir, **overrides) -> RunConfig:
         else:
             data[section] = value
     return RunConfig.model_validate(data)
+
+
+# The tiny run the fault, signal and lock tests kill and resume: transformers sampling
+# (the pipeline is under test, not the engine), two shards, a short KL-regularised training.
+HF_SAMPLING = {"backend": "hf", "num_generations": 5, "max_new_tokens": 12, "num_shards": 2}
+
+
+def hf_run_config_file(tmp_path, model_dir, checkpoint_every: int) -> Path:
+    """`config.yaml` in `tmp_path` of that run, checkpointing every `checkpoint_every` steps."""
+    config = tiny_run_config(
+        tmp_path,
+        model_dir,
+        sampling=HF_SAMPLING,
+        training={
+            "learning_rate": 1e-3,
+            "epochs": 1,
+            "per_device_batch_size": 4,
+            "kl_coef": 0.05,
+            "entropy_coef": 0.01,
+            "max_seq_len": 64,
+            "checkpoint_every": checkpoint_every,
+        },
+    )
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    return path
