@@ -20,7 +20,7 @@ import yaml
 
 from alt_core import store
 from alt_core.runtime.runlock import LOCK_NAME, RunLock, RunLockedError
-from tests.support.runs import tiny_run_config
+from tests.support.runs import HF_SAMPLING, tiny_run_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -31,7 +31,7 @@ def lock_config(tmp_path_factory, tiny_model_dir) -> Path:
     config = tiny_run_config(
         tmp,
         tiny_model_dir,
-        sampling={"backend": "hf", "num_generations": 5, "max_new_tokens": 12, "num_shards": 2},
+        sampling=HF_SAMPLING,
     )
     path = tmp / "config.yaml"
     path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
