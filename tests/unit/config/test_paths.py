@@ -99,6 +99,9 @@ def captured(monkeypatch):
     from deployments import cli
 
     calls: dict = {}
+    # The preflight (its own tests: tests/unit/test_preflight.py) would ask the hub and
+    # the judge the config names; only the paths the CLI hands on are under test here.
+    monkeypatch.setattr(cli, "preflight", lambda *a, **k: [])
     monkeypatch.setattr(cli, "execute", lambda config, run_dir: calls.update(run=(config, run_dir)))
     monkeypatch.setattr(
         cli, "show_status", lambda run_dir, *a, **k: calls.update(status=run_dir) or 0
