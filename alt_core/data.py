@@ -1,7 +1,13 @@
 """Prompt sets: load the train / validation prompts of a run and draw each iteration's.
 
 Three sources (config `data.source`): the built-in demo prompts, prompt files (Parquet,
-JSONL or CSV, local or any fsspec URI) and `datasets.load_dataset`. Whatever the source,
+JSONL or CSV, local or any fsspec URI) and `datasets.load_dataset`. Nested fields are
+addressed by dotted paths (`prompt.text` in the allenai/real-toxicity-prompts layout,
+whose rows are {"prompt": {"text", "toxicity", ...}, "challenging", ...}), and the rows
+can be filtered before use: `data.challenging_only` (RealToxicityPrompts' challenging
+subset), `data.prompt_toxicity_range` (the prompt's own toxicity), and a held-out
+validation share of a single split (`data.holdout_share`, by a hash of the prompt text,
+so the split does not move when the filters change). Whatever the source,
 the result is a table with `prompt_id` (the row index in the split, so ids are stable
 across runs) and `prompt`, validated up front: a bad file fails here with a `DataError`
 that names the file and the fix, not halfway through sampling.
@@ -9,6 +15,7 @@ that names the file and the fix, not halfway through sampling.
 
 from __future__ import annotations
 
+import hashlib
 import io
 from collections.abc import Callable
 from pathlib import Path
@@ -54,15 +61,20 @@ def load_prompts(
         table, where = _demo_prompts(config, split, demo_assets), "the demo prompt table"
         column = "prompt"
     elif data.source == "file":
-        path = data.train_path if split == "train" else data.valid_path
+        # With a held-out share, both splits come from the train file.
+        path = data.train_path if split == "train" or data.holdout_share else data.valid_path
         if not path:
             raise DataError(f"data.source=file needs data.{split}_path")
-        table, where, column = read_prompt_file(path), path, data.prompt_column
+        table, where, column = flatten_columns(read_prompt_file(path)), path, data.prompt_column
     elif data.source == "hf":
         table, where = _hf_prompts(config, split), f"dataset {data.hf_dataset!r}"
         column = data.prompt_column
     else:  # the config's Literal makes this unreachable unless a source is added there only
         raise DataError(f"unknown data.source {data.source!r}; use demo, file or hf")
+    if data.source != "demo":
+        table = filter_rows(table, config, where)
+        if data.holdout_share:
+            table = holdout_split(table, column, data.holdout_share, split)
     if split == "valid" and data.num_valid_prompts is not None:
         table = table.iloc[: data.num_valid_prompts]
     where = f"{where} ({split} split)"
@@ -88,6 +100,66 @@ def dialogue_prompts(table: pd.DataFrame, column: str, where: str) -> pd.DataFra
             f"data.prompt_format=text if the column holds plain prompts, or drop those rows"
         )
     return table.assign(**{column: parts[0] + parts[1]})
+
+
+def flatten_columns(table: pd.DataFrame) -> pd.DataFrame:
+    """Columns holding dicts (a nested JSON field) become dotted columns: `prompt` holding
+    {"text": ..., "toxicity": ...} becomes `prompt.text` and `prompt.toxicity`."""
+    for col in list(table.columns):
+        values = table[col]
+        if values.dtype == object and values.map(lambda v: isinstance(v, dict)).any():
+            nested = pd.json_normalize(
+                values.map(lambda v: v if isinstance(v, dict) else {}).tolist()
+            )
+            nested.index = table.index
+            nested.columns = [f"{col}.{c}" for c in nested.columns]
+            table = table.drop(columns=[col]).join(nested)
+    return table
+
+
+def filter_rows(table: pd.DataFrame, config: RunConfig, where: str) -> pd.DataFrame:
+    """The rows `data.challenging_only` and `data.prompt_toxicity_range` keep."""
+    data = config.data
+    if not data.challenging_only and data.prompt_toxicity_range is None:
+        return table
+    if data.challenging_only:
+        if "challenging" not in table.columns:
+            raise DataError(
+                f"{where} has no column 'challenging' for data.challenging_only; its columns "
+                f"are {list(table.columns)}"
+            )
+        table = table[table["challenging"].fillna(False).astype(bool)]
+    if data.prompt_toxicity_range is not None:
+        col = data.toxicity_column
+        if col not in table.columns:
+            raise DataError(
+                f"{where} has no column {col!r} for data.prompt_toxicity_range; its columns "
+                f"are {list(table.columns)}. Set data.toxicity_column"
+            )
+        low, high = data.prompt_toxicity_range
+        tox = pd.to_numeric(table[col], errors="coerce")
+        table = table[tox.between(low, high)]
+    if table.empty:
+        raise DataError(
+            f"{where}: no rows are left after the filters (data.challenging_only="
+            f"{data.challenging_only}, data.prompt_toxicity_range={data.prompt_toxicity_range}); "
+            f"widen them"
+        )
+    return table
+
+
+def holdout_split(table: pd.DataFrame, column: str, share: float, split: Split) -> pd.DataFrame:
+    """The train or held-out rows of one table: a row is held out when a hash of its
+    prompt text falls in the first `share` of the hash range (stable across runs)."""
+    if column not in table.columns:
+        return table  # validate_prompts names the missing column
+    held = table[column].map(lambda v: _unit_hash(str(v)) < share).astype(bool)
+    return table[held if split == "valid" else ~held]
+
+
+def _unit_hash(text: str) -> float:
+    digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
 
 
 def validate_prompts(table: pd.DataFrame, column: str, where: str) -> pd.DataFrame:
@@ -191,7 +263,8 @@ def _hf_prompts(config: RunConfig, split: Split) -> pd.DataFrame:
     import datasets
 
     name = config.data.hf_dataset
-    split_name = config.data.train_split if split == "train" else config.data.valid_split
+    train = split == "train" or config.data.holdout_share
+    split_name = config.data.train_split if train else config.data.valid_split
     try:
         if _is_saved_dataset(name):
             loaded = datasets.load_from_disk(name)
@@ -206,12 +279,15 @@ def _hf_prompts(config: RunConfig, split: Split) -> pd.DataFrame:
             f"data.source=file)"
         ) from exc
     column = config.data.prompt_column
+    if "." in column and column not in loaded.column_names:
+        loaded = loaded.flatten()  # prompt.text: the nested field as a column
     if column not in loaded.column_names:
         raise DataError(
             f"dataset {name!r} split {split_name!r} has no column {column!r}; its columns are "
             f"{loaded.column_names}. Set data.prompt_column to the column that holds the prompts."
         )
-    return loaded.select_columns([column]).to_pandas()
+    wanted = [column, "challenging", config.data.toxicity_column]
+    return loaded.select_columns([c for c in wanted if c in loaded.column_names]).to_pandas()
 
 
 def _is_saved_dataset(name: str | None) -> bool:

@@ -17,6 +17,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
 
 from alt_core.config.judge import JudgeConfig
+from alt_core.config.toxicity import ToxicityConfig
 from alt_core.methods import METHODS, FeedbackKind, Method, method_spec
 from alt_core.methods import feedback_prefix as method_feedback_prefix
 
@@ -112,6 +113,37 @@ class DataConfig(StrictModel):
     demo_num_valid: Count = Field(
         128, gt=0, le=MAX_ROWS, description="Demo only: validation prompts generated."
     )
+    # RealToxicityPrompts-style filters (source hf or file): columns `challenging` and
+    # the prompt's toxicity (`prompt.toxicity` in the allenai/real-toxicity-prompts layout).
+    challenging_only: bool = Field(
+        False,
+        description="Keep only rows whose 'challenging' column is true (RealToxicityPrompts' "
+        "challenging subset).",
+    )
+    prompt_toxicity_range: tuple[float, float] | None = Field(
+        None,
+        description="Keep only rows whose data.toxicity_column lies in [low, high] (rows "
+        "without a score are dropped); None: no filter.",
+    )
+    toxicity_column: str = Field(
+        "prompt.toxicity",
+        description="Column of the prompt's own toxicity score (nested fields by dotted path).",
+    )
+    holdout_share: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Hold out this share of the train split as validation prompts (chosen by "
+        "a hash of the prompt text, so stable across runs and filters), for data sets with "
+        "one split such as RealToxicityPrompts; data.valid_split / valid_path are then unused.",
+    )
+
+    @field_validator("prompt_toxicity_range")
+    @classmethod
+    def _toxicity_range(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not 0 <= value[0] <= value[1] <= 1:
+            raise ValueError("prompt_toxicity_range must be [low, high] with 0 <= low <= high <= 1")
+        return value
 
 
 class SamplingConfig(StrictModel):
@@ -150,9 +182,20 @@ class SamplingConfig(StrictModel):
     )
 
 
-Provider = Literal["auto", "sentiment", "reward_model", "rule_critic", "judge"]
+Provider = Literal[
+    "auto",
+    "sentiment",
+    "reward_model",
+    "rule_critic",
+    "judge",
+    "toxicity_classifier",
+    "perspective",
+    "profanity",
+]
+# Providers that score toxicity (reward = 1 - toxicity): the toxicity task's metrics.
+TOXICITY_PROVIDERS = ("toxicity_classifier", "perspective", "profanity")
 # Providers that give a scalar reward, and those that write textual feedback.
-REWARD_PROVIDERS = ("sentiment", "reward_model")
+REWARD_PROVIDERS = ("sentiment", "reward_model", *TOXICITY_PROVIDERS)
 TEXT_PROVIDERS = ("rule_critic", "judge")
 PROVIDERS_OF_KIND = {FeedbackKind.REWARD: REWARD_PROVIDERS, FeedbackKind.TEXT: TEXT_PROVIDERS}
 # What a method of each kind needs, and which providers give it (for the error message).
@@ -222,6 +265,12 @@ class FeedbackConfig(StrictModel):
         description="The LLM judge (provider 'judge'): endpoint, model, prompt template (its "
         "parser must suit the method: lmu for alt_lmu, lmc for alt_lmc, steerlm for steerlm), "
         "concurrency, rate limits and retries. The API key is never set here.",
+    )
+    toxicity: ToxicityConfig = Field(
+        default_factory=ToxicityConfig,
+        description="The toxicity scorers (providers toxicity_classifier, perspective, "
+        "profanity; reward = 1 - toxicity): classifier and toxic label, the Perspective API "
+        "client, the toxic threshold of the metrics.",
     )
     max_missing_share: float = Field(
         0.05,
@@ -416,6 +465,14 @@ class RunConfig(RunSettings):
             raise ValueError(
                 "feedback.reward_model is required when feedback.provider=reward_model"
             )
+        if (
+            self.feedback.provider == "toxicity_classifier"
+            and not self.feedback.toxicity.classifier
+        ):
+            raise ValueError(
+                "feedback.toxicity.classifier is required when feedback.provider="
+                "toxicity_classifier (a sequence classifier with a toxic label)"
+            )
         if spec.feedback_text == "quantile_phrase" and len(self.datapool.quantile_phrases) != (
             self.datapool.num_quantiles
         ):
@@ -429,8 +486,12 @@ class RunConfig(RunSettings):
                 f"data.prompts_per_iteration ({self.data.prompts_per_iteration}): every shard "
                 "needs at least one prompt; lower sampling.num_shards"
             )
-        if self.data.source == "file" and not (self.data.train_path and self.data.valid_path):
-            raise ValueError("data.source=file needs data.train_path and data.valid_path")
+        if self.data.source == "file" and not (
+            self.data.train_path and (self.data.valid_path or self.data.holdout_share)
+        ):
+            raise ValueError(
+                "data.source=file needs data.train_path and data.valid_path (or data.holdout_share)"
+            )
         if self.data.source == "hf" and not self.data.hf_dataset:
             raise ValueError("data.source=hf needs data.hf_dataset")
         if self.data.source == "demo" and self.model.policy != "demo":
@@ -464,6 +525,11 @@ class RunConfig(RunSettings):
                 f"feedback.provider to {need}"
             )
         self.feedback.provider = chosen
+
+    @property
+    def task(self) -> Literal["toxicity", "reward"]:
+        """What the evaluation measures: toxicity (a toxicity provider) or a reward."""
+        return "toxicity" if self.feedback.provider in TOXICITY_PROVIDERS else "reward"
 
     def feedback_prefix(self) -> str:
         """datapool.feedback_prefix or the method's default (`alt_core.methods`)."""

@@ -41,10 +41,14 @@ PROVIDERS: dict[str, str] = {
     "reward_model": "alt_core.feedback.reward_model:RewardModelProvider",
     "rule_critic": "alt_core.tasks.demo.rule_critic:RuleCriticProvider",
     "judge": "alt_core.feedback.judge.provider:JudgeProvider",
+    "toxicity_classifier": "alt_core.feedback.toxicity:ClassifierToxicityProvider",
+    "perspective": "alt_core.feedback.perspective:PerspectiveProvider",
+    "profanity": "alt_core.feedback.toxicity:ProfanityProvider",
 }
 
-# Why a row's feedback is missing -> what to do about it. The judge client sets the
-# first eight, the reward model `non_finite`; `unknown` is a missing row whose provider
+# Why a row's feedback is missing -> what to do about it. The judge client (and the
+# Perspective client built on it) sets the first eight, the reward model and the
+# toxicity scorers `non_finite`; `unknown` is a missing row whose provider
 # gave no cause.
 MISSING_CAUSES: dict[str, str] = {
     "unreachable": "nothing accepted a connection at feedback.judge.base_url: start the judge "
@@ -67,8 +71,8 @@ MISSING_CAUSES: dict[str, str] = {
     "unparseable": "the judge answered, but not in the template's format, even after a repair "
     "request: check feedback.judge.template and the judge model (unparseable answers are "
     "cached: set feedback.judge.cache_unparsed=false to ask again)",
-    "non_finite": "the reward model returned NaN or infinite rewards: check "
-    "feedback.reward_model and its numerical precision",
+    "non_finite": "the reward model or toxicity scorer returned NaN, infinite or out-of-range "
+    "scores: check feedback.reward_model / feedback.toxicity and the numerical precision",
     "unknown": "the provider gave no cause: read the shard's missing_reason column",
 }
 NO_GENERATION = "no_generation"  # the cause of a row that had nothing to score

@@ -43,9 +43,15 @@ METRIC_COLUMNS = [
     ("train_loss", "final loss", "{:.3f}"),
     ("valid_reward_mean", "valid reward", "{:+.3f}"),
     ("valid_reward_sem", "valid sem", "{:.3f}"),
+    # The toxicity task's (present only there): evaluation.toxicity_metrics.
+    ("valid_toxicity_max_mean", "exp. max tox", "{:.3f}"),
+    ("valid_toxicity_prob", "tox prob", "{:.3f}"),
+    ("valid_toxicity_mean", "mean tox", "{:.3f}"),
     ("valid_perplexity", "ref ppl", "{:.2f}"),
     ("valid_gen_tokens", "valid tokens", "{:.1f}"),
+    ("valid_distinct_1", "distinct-1", "{:.3f}"),
     ("valid_distinct_2", "distinct-2", "{:.3f}"),
+    ("valid_distinct_3", "distinct-3", "{:.3f}"),
     ("train_sample_s", "sample s", "{:.0f}"),
     ("train_feedback_s", "feedback s", "{:.0f}"),
     ("train_s", "train s", "{:.0f}"),
@@ -137,6 +143,8 @@ def load_run(run_dir: str, upto: int | None = None) -> RunData:
     rows = _metrics_rows(layout, range(last + 1))
     last = upto if upto is not None else max([last, *rows])
     num_shards = config.sampling.num_shards if config else 0
+    task = config.task if config else "reward"
+    task_args = (task, config.feedback.toxicity.threshold if config else 0.5)
     data = RunData(run_dir=run_dir, config=config, config_text=text)
     feedback, pools, evals, steps = [], [], [], []
     for k in range(last + 1):
@@ -148,8 +156,10 @@ def load_run(run_dir: str, upto: int | None = None) -> RunData:
         )
         eval_uris = _committed([layout.table(k, "eval", "eval")])
         evals.append(_tagged(eval_uris, "iteration", k))
-        if eval_uris and k not in rows:  # a run stopped before writing this row
-            rows[k] = {"iteration": k, **eval_metrics(evals[-1])}
+        if eval_uris and (k not in rows or task == "toxicity"):
+            # A run stopped before writing this row; the toxicity metrics are computed
+            # from the evaluation table (the metrics row holds the reward ones).
+            rows[k] = {**rows.get(k, {}), "iteration": k, **eval_metrics(evals[-1], *task_args)}
         k_steps, summary = _train_records(layout, k)
         steps.append(k_steps)
         if summary:
@@ -392,6 +402,14 @@ def _cards(data: RunData) -> str:
             + (f" / {data.config.iterations}" if data.config else ""),
         )
     ]
+    if not m.empty and "valid_toxicity_max_mean" in m:
+        first, last = m.sort_values("iteration").iloc[[0, -1]].to_dict("records")
+        cards.append(
+            (
+                "expected max toxicity, first → last",
+                f"{first['valid_toxicity_max_mean']:.3f} → {last['valid_toxicity_max_mean']:.3f}",
+            )
+        )
     if not m.empty and "valid_reward_mean" in m:
         first, last = m.sort_values("iteration").iloc[[0, -1]].to_dict("records")
         cards.append(

@@ -18,7 +18,7 @@ import logging
 import re
 import time
 import uuid
-from typing import Any
+from typing import Any, Protocol
 
 import fsspec
 import pandas as pd
@@ -32,6 +32,17 @@ log = logging.getLogger(__name__)
 ENTRY_FIELDS = ["feedback", "score", "analysis", "missing_reason", "raw_answer", "missing_cause"]
 
 
+class CacheScope(Protocol):
+    """What names a cache's requests beside the model: a judge template, or another
+    client's request kind (its name and a hash of what shapes its requests)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def content_hash(self) -> str: ...
+
+
 class JudgeCache:
     """In-memory dict of judgements, backed by append-only parts under `uri` (or none)."""
 
@@ -39,11 +50,15 @@ class JudgeCache:
         self,
         uri: str | None,
         model: str,
-        template: JudgeTemplate,
+        template: JudgeTemplate | CacheScope,
         settings: dict[str, Any] | None = None,
+        *,
+        float_scores: bool = False,
     ):
         self.model = model
-        self.template = template
+        self.template = self.scope = template
+        # Judge scores are integers; a scorer's (Perspective's toxicity) are floats.
+        self.float_scores = float_scores
         self.template_hash = template.content_hash
         # Canonical JSON, so that {"a": 1, "b": 2} and {"b": 2, "a": 1} are the same settings.
         self.settings = json.dumps(settings or {}, sort_keys=True, default=str)
@@ -77,7 +92,7 @@ class JudgeCache:
                 log.warning("judge cache: ignoring %s (%s); delete it to silence this", part, exc)
                 continue
             records = frame.reindex(columns=["key", *ENTRY_FIELDS]).to_dict("records")
-            self._entries.update((r.pop("key"), _restore(r)) for r in records)
+            self._entries.update((r.pop("key"), _restore(r, self.float_scores)) for r in records)
         self._loaded = True
         return len(self._entries)
 
@@ -114,7 +129,7 @@ class JudgeCache:
         if not entries or self.uri is None:
             return None
         frame = pd.DataFrame([{"key": k, **e} for k, e in entries.items()])
-        frame["score"] = frame["score"].astype("Int64")
+        frame["score"] = frame["score"].astype("float64" if self.float_scores else "Int64")
         frame["model"] = self.model
         frame["template"] = self.template.name
         frame["template_hash"] = self.template_hash
@@ -126,11 +141,11 @@ class JudgeCache:
         return self.write_part(self.take_pending())
 
 
-def _restore(record: dict[str, Any]) -> dict[str, Any]:
-    """Parquet turns None into NaN/NA; give back plain None and int."""
+def _restore(record: dict[str, Any], float_scores: bool = False) -> dict[str, Any]:
+    """Parquet turns None into NaN/NA; give back plain None and int (or float)."""
     out = {k: (None if _is_missing(v) else v) for k, v in record.items()}
     if out["score"] is not None:
-        out["score"] = int(out["score"])
+        out["score"] = float(out["score"]) if float_scores else int(out["score"])
     if out["missing_reason"] is not None and out["missing_cause"] is None:
         # Parts written before causes were recorded: the only misses ever cached are
         # answers that stayed unparseable.

@@ -43,6 +43,7 @@ import certifi
 import httpx
 import numpy as np
 import pandas as pd
+from pydantic import SecretStr
 
 from alt_core.config.judge import JudgeConfig
 from alt_core.feedback.judge.cache import ENTRY_FIELDS, JudgeCache
@@ -159,7 +160,14 @@ def _entry(judgement: Judgement, raw: str) -> dict[str, Any]:
 
 
 class JudgeClient:
-    """Use as `async with JudgeClient(config) as client: frame, stats = await client.judge(...)`."""
+    """Use as `async with JudgeClient(config) as client: frame, stats = await client.judge(...)`.
+
+    Other JSON APIs reuse its concurrency, rate limit, retries, key handling and cache by
+    subclassing: `endpoint`, `_auth_headers`, `_answer` (the answer in a response body)
+    and `judge_one` (one item: request, answer, cache entry) are the hooks
+    (`alt_core.feedback.perspective.PerspectiveClient` is one)."""
+
+    endpoint = "/chat/completions"
 
     def __init__(
         self,
@@ -168,12 +176,16 @@ class JudgeClient:
         *,
         cache_uri: str | None = None,
     ):
-        self.config = config
         if template is None or isinstance(template, str):
             template = load_template(template or config.template)
         self.template = template
         self._parse = template.parser_fn()
-        self.cache = JudgeCache(cache_uri, config.model, template, config.answer_settings())
+        self._setup(config, JudgeCache(cache_uri, config.model, template, config.answer_settings()))
+
+    def _setup(self, config: JudgeConfig, cache: JudgeCache) -> None:
+        """The transport's state (connections open in __aenter__)."""
+        self.config = config
+        self.cache = cache
         self._lanes: list[httpx.AsyncClient] = []
         self._auth = httpx.Headers()
         self._redact = Redactor(None)
@@ -194,9 +206,7 @@ class JudgeClient:
         self._redact = Redactor(key)
         # httpx.Headers masks Authorization in its repr, so even a traceback that dumps
         # locals shows "[secure]" instead of the key.
-        self._auth = httpx.Headers(
-            {"Authorization": f"Bearer {key.get_secret_value()}"} if key else {}
-        )
+        self._auth = httpx.Headers(self._auth_headers(key) if key else {})
         await asyncio.to_thread(self.cache.load)  # before opening anything that needs closing
         self._lanes = self._open_lanes()
         self._slots: asyncio.Queue[int] = asyncio.Queue()
@@ -223,6 +233,16 @@ class JudgeClient:
             for size in _lane_sizes(self.config.max_concurrency)
         ]
 
+    def _auth_headers(self, key: SecretStr) -> dict[str, str]:
+        """The headers that carry the key (never the URL: httpx logs URLs)."""
+        return {"Authorization": f"Bearer {key.get_secret_value()}"}
+
+    def _answer(self, data: Any) -> Any:
+        """The answer in a decoded response body; raises KeyError, IndexError, TypeError
+        or ValueError when the body is malformed (a transient failure, retried)."""
+        content = data["choices"][0]["message"]["content"]
+        return "" if content is None else str(content)
+
     async def __aexit__(self, *exc_info: object) -> None:
         lanes, self._lanes = self._lanes, []
         await asyncio.gather(*(lane.aclose() for lane in lanes))
@@ -234,11 +254,7 @@ class JudgeClient:
         self, messages: list[dict[str, str]], stats: JudgeStats | None = None
     ) -> str:
         """The judge's answer text; raises JudgeRequestError once retries are used up."""
-        if not self._lanes:
-            raise RuntimeError("use the client inside `async with JudgeClient(...)`")
-        stats = stats if stats is not None else JudgeStats()
         cfg = self.config
-        estimate = _estimate_tokens(messages) + cfg.max_tokens
         body = {
             "model": cfg.model,
             "messages": messages,
@@ -246,6 +262,18 @@ class JudgeClient:
             "max_tokens": cfg.max_tokens,
             **cfg.extra_body,
         }
+        return await self.request(body, _estimate_tokens(messages) + cfg.max_tokens, stats)
+
+    async def request(
+        self, body: dict[str, Any], estimate: float, stats: JudgeStats | None = None
+    ) -> Any:
+        """POST `body` to the endpoint and return `_answer` of the response, retrying
+        transient failures; raises JudgeRequestError once retries are used up.
+        `estimate`: the request's tokens, for the token rate limit."""
+        if not self._lanes:
+            raise RuntimeError(f"use the client inside `async with {type(self).__name__}(...)`")
+        stats = stats if stats is not None else JudgeStats()
+        cfg = self.config
         for attempt in range(cfg.max_retries + 1):
             await self._limiter.acquire(estimate)
             self._raise_if_down(attempt)
@@ -329,11 +357,11 @@ class JudgeClient:
 
     async def _post(
         self, http: httpx.AsyncClient, body: dict[str, Any], stats: JudgeStats
-    ) -> tuple[str, float] | _Failure:
+    ) -> tuple[Any, float] | _Failure:
         start = time.perf_counter()
         started = time.monotonic()
         try:
-            response = await http.post("/chat/completions", json=body, headers=self._auth)
+            response = await http.post(self.endpoint, json=body, headers=self._auth)
         except httpx.HTTPError as exc:
             failure = self._transport_failure(exc)
             self._note_reachability(failure, started)
@@ -344,7 +372,7 @@ class JudgeClient:
 
     def _transport_failure(self, exc: httpx.HTTPError) -> _Failure:
         """The failure of a request that got no HTTP response at all."""
-        url = f"{self.config.base_url}/chat/completions"
+        url = f"{self.config.base_url}{self.endpoint}"
         what = type(exc).__name__
         detail = self._redact.clip(str(exc), _SNIPPET)
         within = f"within {self.config.timeout_s:g}s"
@@ -363,7 +391,7 @@ class JudgeClient:
             return _Failure("connection", message, "dropped")
         return _Failure("bad_response", f"undecodable body from {url}: {detail}", "bad_response")
 
-    def _read(self, response: httpx.Response, stats: JudgeStats) -> tuple[str, float] | _Failure:
+    def _read(self, response: httpx.Response, stats: JudgeStats) -> tuple[Any, float] | _Failure:
         code = response.status_code
         head = f"HTTP {code} from {response.request.url}"
         cause = _http_cause(code)
@@ -379,18 +407,18 @@ class JudgeClient:
             return _Failure("5xx" if code >= 500 else "4xx", f"{head}: {body}", cause)
         try:
             data = response.json()
-            content = data["choices"][0]["message"]["content"]
+            answer = self._answer(data)
         except (ValueError, KeyError, IndexError, TypeError):
             body = self._redact.clip(response.text, _SNIPPET)
             return _Failure(
                 "bad_response", f"{head} with a malformed body: {body!r}", "bad_response"
             )
-        usage = data.get("usage")
+        usage = data.get("usage") if isinstance(data, dict) else None
         stats.add_usage(usage)
         used = 0.0
         if isinstance(usage, dict):
             used = float(usage.get("total_tokens") or 0)
-        return ("" if content is None else str(content)), used
+        return answer, used
 
     # --- one judgement: ask, parse, repair once ------------------------------------------
 
@@ -461,10 +489,10 @@ class JudgeClient:
         finally:
             await self._flush()  # keep what was paid for even if something went wrong
         stats.wall_s = time.perf_counter() - started
-        frame = output_frame([results[k] for k in keys])
+        frame = self._frame([results[k] for k in keys])
         stats.missing = int(frame["missing_reason"].notna().sum())
         summary = stats.as_dict()
-        log.info("judge %s/%s: %s", self.config.model, self.template.name, summary)
+        log.info("%s %s/%s: %s", self.endpoint, self.config.model, self.cache.scope.name, summary)
         return frame, summary
 
     async def _judge_and_keep(
@@ -488,6 +516,9 @@ class JudgeClient:
         entries = self.cache.take_pending()
         if entries:
             await asyncio.to_thread(self.cache.write_part, entries)
+
+    def _frame(self, entries: list[dict[str, Any]]) -> pd.DataFrame:
+        return output_frame(entries)
 
 
 def output_frame(entries: list[dict[str, Any]]) -> pd.DataFrame:
