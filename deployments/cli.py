@@ -8,6 +8,7 @@
     alt config --preset demo                    # print the resolved configuration
     alt presets                                 # list the presets
     alt report RUN_DIR                          # a self-contained HTML report with plots
+    alt compare RUN_DIR RUN_DIR... [--out DIR]  # runs side by side: one HTML page + PNGs
     alt serve                                   # serve the Prefect deployments
 
 Bad input is reported before any engine starts and before anything is written
@@ -83,6 +84,9 @@ def _parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="write the HTML report of a run and print its path")
     report.add_argument("run_dir")
 
+    compare = sub.add_parser("compare", help="put finished runs of one task side by side")
+    compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    compare.add_argument("--out", help="folder of the page and PNGs (default: RUN_DIR/compare)")
     sub.add_parser("presets", help="list the built-in presets")
     return p
 
@@ -286,6 +290,12 @@ def main(argv: list[str] | None = None) -> int:
             from alt_core.report.html import write_report
 
             print(write_report(args.run_dir))
+            return 0
+        if args.command == "compare":
+            from alt_core.report.compare import write_comparison
+
+            dirs = [absolute_uri(d) for d in args.run_dirs]
+            print(write_comparison(dirs, absolute_uri(args.out) if args.out else None))
             return 0
         if args.command == "status":
             _check(None, args.run_dir, writes=False)

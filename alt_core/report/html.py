@@ -433,15 +433,20 @@ def _cards(data: RunData) -> str:
 def _figures(pngs: dict[str, bytes]) -> str:
     from alt_core.report.plots import PLOT_FILES
 
+    return _figures_of(pngs, {name: CAPTIONS[name] for name in PLOT_FILES})
+
+
+def _figures_of(pngs: dict[str, bytes], captions: dict[str, str]) -> str:
+    """The PNGs inlined (base64) as figures, in the order of `captions`."""
     if not pngs:
         return "<p>Nothing to plot yet.</p>"
     out = []
-    for name in PLOT_FILES:
+    for name in captions:
         if name in pngs:
             b64 = base64.b64encode(pngs[name]).decode()
             out.append(
                 f'<figure><img alt="{name}" src="data:image/png;base64,{b64}">'
-                f"<figcaption>{html.escape(CAPTIONS[name])}</figcaption></figure>"
+                f"<figcaption>{html.escape(captions[name])}</figcaption></figure>"
             )
     return "\n".join(out)
 
