@@ -25,6 +25,7 @@ from alt_core.config import (
 from alt_core.pipeline.layout import RunLayout
 from alt_core.preflight import preflight
 from alt_core.runtime.runlock import RunLock
+from tasks_lib.common import jobs_end_with_the_flow_run
 
 
 @flow(name="alt-single-iteration", log_prints=True)
@@ -59,7 +60,8 @@ def single_iteration(
             f"iteration {iteration} starts from the policy of iteration {iteration - 1}, "
             f"which {run_dir} does not hold ({previous}): run iteration {iteration - 1} first"
         )
-    with RunLock(run_dir):  # one run per folder: a second is refused (runtime.runlock)
+    # A cancel or SIGTERM from Prefect's runner ends the jobs too (runtime.stop).
+    with jobs_end_with_the_flow_run(), RunLock(run_dir):  # one run per folder (runtime.runlock)
         inputs = stages.prepare_run(run_config, run_dir)
         return alt_iteration(run_config, run_dir, iteration, inputs)
 
@@ -106,4 +108,5 @@ def alt_shard(
     from tasks_lib.stages import TASKS
 
     node = shard_node(config, kind, spec, name)
-    return TASKS[node.stage](config, node).model_dump()
+    with jobs_end_with_the_flow_run():  # a cancel ends the shard's job first (runtime.stop)
+        return TASKS[node.stage](config, node).model_dump()

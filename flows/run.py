@@ -15,7 +15,7 @@ from alt_core.report.html import format_cell
 from alt_core.runtime.runlock import RunLock
 from flows.iteration import alt_iteration, evaluate_policy
 from tasks_lib import stages
-from tasks_lib.common import artifact_key
+from tasks_lib.common import artifact_key, jobs_end_with_the_flow_run
 from tasks_lib.reporting import publish_iteration
 
 TABLE_COLUMNS = [
@@ -79,7 +79,8 @@ def alt_run(config: RunSettings, run_dir: str, preset: str | None = None) -> lis
     run_config, run_dir = absolute_paths(config_from_preset(preset, config)), absolute_uri(run_dir)
     for note in preflight(run_config, run_dir, writes=True):  # before anything is written
         print(f"note: {note}")
-    with RunLock(run_dir):  # one run per folder: a second is refused (runtime.runlock)
+    # A cancel or SIGTERM from Prefect's runner ends the jobs too (runtime.stop).
+    with jobs_end_with_the_flow_run(), RunLock(run_dir):  # one run per folder (runtime.runlock)
         return run_all(run_config, run_dir)
 
 

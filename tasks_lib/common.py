@@ -9,12 +9,20 @@ from collections.abc import Callable
 
 from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
-from prefect.exceptions import MissingContextError
+from prefect.exceptions import CancelledRun, CrashedRun, MissingContextError
 
 from alt_core.pipeline.stages import StageEnv
+from alt_core.runtime import stop
 from alt_core.runtime.progress import artifact_key
 
-__all__ = ["artifact_key", "logger", "progress", "stage_env"]
+__all__ = ["artifact_key", "jobs_end_with_the_flow_run", "logger", "progress", "stage_env"]
+
+
+def jobs_end_with_the_flow_run() -> contextlib.AbstractContextManager[None]:
+    """Around a flow's body: a cancel in the UI or a SIGTERM from Prefect's runner (which
+    reaches the body as TerminationSignal, or as a subflow's CancelledRun or CrashedRun)
+    ends every job of this process before the flow run ends (`runtime.stop`)."""
+    return stop.on_termination(also=(CancelledRun, CrashedRun))
 
 
 def logger() -> logging.Logger | logging.LoggerAdapter:

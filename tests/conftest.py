@@ -19,6 +19,7 @@ pytest_plugins = ["tests.support.s3_server", "tests.support.tokenizer"]
 _HOME = Path(os.environ.get("PYTEST_PREFECT_HOME", "/tmp/alt-test-prefect-home"))
 os.environ.setdefault("PREFECT_HOME", str(_HOME))
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

@@ -14,6 +14,15 @@ only the `alt` process, which decides the order of the shutdown:
 
 The same module runs in a training child, where `request_stop` (its SIGTERM handler)
 only sets the flag that the step loop reads (`stopping()`).
+
+A flow run started by Prefect's runner (`alt serve`) or a worker is stopped, on a
+cancel from the UI or a SIGTERM to its process, by a SIGTERM that Prefect's own handler
+turns into an exception in the flow's thread (`TerminationSignal`; a parent flow sees
+its subflow's as `CancelledRun` or `CrashedRun`). Without more, the process would exit
+and leave its jobs running in their sessions. The flows' bodies therefore run inside
+`on_termination()` (`tasks_lib.common.jobs_end_with_the_flow_run`), which ends the jobs
+as that exception passes. Prefect's handler stays the one installed: the runner
+acknowledges a cancel over its control channel only while it is.
 """
 
 from __future__ import annotations
@@ -187,6 +196,26 @@ def _group_exists(pgid: int) -> bool:
 def _signal_group(pgid: int, signum: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signum)
+
+
+@contextlib.contextmanager
+def on_termination(also: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
+    """When the body is ended by a termination rather than by an error (an exception
+    that is not an `Exception`: KeyboardInterrupt, SystemExit, Prefect's
+    `TerminationSignal`; or one of the types in `also`), stop this process's jobs
+    before it goes on: a SIGTERM to each group, SIGKILL for what is left after
+    `GRACE_S`. An error does not stop them: shards that are running finish and commit.
+    """
+    try:
+        yield
+    except BaseException as exc:
+        if isinstance(exc, Exception) and not isinstance(exc, also):
+            raise
+        if request_stop(signal.SIGTERM):
+            finish_jobs()
+        else:
+            kill_jobs()
+        raise
 
 
 def reset() -> None:

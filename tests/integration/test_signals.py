@@ -12,6 +12,7 @@ group, as a Ctrl-C at the terminal sends it; SIGTERM to the `alt` process alone,
 
 from __future__ import annotations
 
+import datetime
 import os
 import re
 import signal
@@ -26,12 +27,12 @@ import pytest
 from alt_core import store
 from alt_core.pipeline.layout import RunLayout
 from tests.integration.test_fault_injection import assert_same_metrics, outcome
+from tests.support.processes import MARK_ENV, processes_marked
 from tests.support.runs import hf_run_config_file
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 EXIT_LIMIT_S = 10.0
-MARK_ENV = "ALT_TEST_RUN_MARK"
 STAGES = {
     "train_samples:1": "iter-1-train-sample-1",
     "train_feedback:0": "iter-1-train-feedback-0",
@@ -69,23 +70,6 @@ def reference(signal_config, api_env, tmp_path_factory):
     done = alt(["run", "--config", str(signal_config), "--run-dir", run_dir], api_env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return outcome(run_dir)
-
-
-def processes_marked(mark: str) -> list[str]:
-    """The live processes whose environment holds MARK_ENV=mark (zombies do not count:
-    nothing may reap an orphan in a container)."""
-    found = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            if f"{MARK_ENV}={mark}".encode() not in (proc / "environ").read_bytes():
-                continue
-            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if state != "Z":
-            found.append(f"{proc.name} {cmd}")
-    return found
 
 
 def wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> None:
@@ -151,3 +135,62 @@ def test_a_signal_stops_the_run_then_resume_finishes_it(
     if point.startswith("train:"):
         summary = store.read_json(store.join(RunLayout(run_dir).policy(1), "train_metrics.json"))
         assert summary["summary"]["resumed_from_step"] == 2
+
+
+def cancel_like_the_ui(api: str, flow_run_id) -> None:
+    """What the UI's Cancel button sends (prefect-ui `cancelFlowRun`)."""
+    import httpx
+
+    state = {"type": "CANCELLING", "name": "Cancelling", "message": "Cancelled from the UI"}
+    r = httpx.post(f"{api}/flow_runs/{flow_run_id}/set_state",
+                   json={"state": state, "force": True}, timeout=30)  # fmt: skip
+    r.raise_for_status()
+    assert r.json()["status"] == "ACCEPT", r.json()
+
+
+def test_a_cancel_in_prefect_stops_alt_run(signal_config, api_env, tmp_path):
+    """`alt run` has no worker to end it: it watches its own flow run's state."""
+    from prefect.client.orchestration import get_client
+
+    from deployments.stopping import CANCEL_POLL_S
+
+    run_dir = str(tmp_path / "run")
+    mark, paused = uuid.uuid4().hex, tmp_path / "paused"
+    started = datetime.datetime.now(datetime.timezone.utc)
+    env = {**api_env, MARK_ENV: mark, "ALT_FAULT_PAUSE": "train_samples:1",
+           "ALT_FAULT_PAUSE_MARK": str(paused)}  # fmt: skip
+    run = subprocess.Popen(
+        [sys.executable, "-m", "deployments.cli", "run", "--config", str(signal_config),
+         "--run-dir", run_dir],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_for(paused, run)
+        with get_client(sync_client=True) as client:
+            # Runs killed by earlier tests stay RUNNING in this session's API.
+            mine = [r for r in client.read_flow_runs(limit=200)
+                    if r.created is not None and r.created >= started
+                    and r.name.startswith("it-")]  # fmt: skip
+            assert len(mine) == 1, [r.name for r in mine]
+        sent = time.monotonic()
+        cancel_like_the_ui(api_env["PREFECT_API_URL"], mine[0].id)
+        _, stderr = run.communicate(timeout=60)
+        seconds = time.monotonic() - sent
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    left = processes_marked(mark)
+    print(f"cancel in Prefect at train_samples:1: exit {run.returncode} in {seconds:.1f} s")
+    assert run.returncode == 130, stderr[-3000:]
+    # The command sees the cancel at its next look at the flow run's state.
+    assert seconds < EXIT_LIMIT_S + CANCEL_POLL_S, stderr[-3000:]
+    assert not left, left
+    last = stderr.strip().splitlines()[-1]
+    assert re.fullmatch(
+        r"interrupted \(cancelled in Prefect\) during .*iter-1-train-sample-1.*; finished "
+        rf"work is kept; resume with: alt resume {re.escape(run_dir)}",
+        last,
+    ), stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert not store.exists(RunLayout(run_dir).metrics)
