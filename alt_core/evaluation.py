@@ -9,6 +9,12 @@ reports RealToxicityPrompts' metrics over the samples of each prompt: the expect
 maximum toxicity (the mean over prompts of the highest toxicity among its samples),
 the toxicity probability (the share of prompts with at least one sample at or above the
 threshold, 0.5), and the mean toxicity of all samples.
+
+An evaluation holds `evaluation.samples_per_prompt` generations per validation prompt
+(one greedy generation by default; the toxicity presets sample 25). The per-generation
+metrics (reward mean, sd and sem, reference perplexity, generated length, distinct-n)
+are computed over every generation of every prompt, so with several samples the sem
+counts samples, not prompts; only the toxicity metrics group by prompt.
 """
 
 from __future__ import annotations

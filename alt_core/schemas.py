@@ -33,7 +33,8 @@ POOL = [
 ]
 # The training set of one iteration.
 TRAIN = ["prompt_id", "query", "reference_query", "response", "append_eos", "bucket"]
-# Evaluation rows (greedy generations on validation prompts).
+# Evaluation rows (evaluation.samples_per_prompt generations per validation prompt, one
+# greedy generation by default).
 EVAL = [
     "prompt_id",
     "prompt",

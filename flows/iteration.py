@@ -22,14 +22,24 @@ from alt_core.pipeline import dag
 from alt_core.pipeline.layout import RunInputs, RunLayout
 from alt_core.pipeline.metrics import StagesRun, evaluation_row, iteration_row
 from alt_core.pipeline.timings import StageTimes, stage_fingerprint
-from tasks_lib.common import logger
+from tasks_lib.common import jobs_end_with_the_flow_run, logger
 from tasks_lib.reporting import publish_iteration
 from tasks_lib.stages import TASKS
 
 
 def run_stages(config: RunConfig, ctx: dag.Ctx, stages: tuple[dag.Stage, ...]) -> StagesRun:
     """Plan and submit each stage in order; record each stage's time when it is done or
-    has failed."""
+    has failed.
+
+    A cancel or SIGTERM from Prefect's runner reaches the flow here, where it waits on
+    the stages' futures; the jobs end before the flow engine leaves its task runner,
+    whose shutdown waits for the stage threads, and so for their jobs
+    (`tasks_lib.common.jobs_end_with_the_flow_run`)."""
+    with jobs_end_with_the_flow_run():
+        return _run_stages(config, ctx, stages)
+
+
+def _run_stages(config: RunConfig, ctx: dag.Ctx, stages: tuple[dag.Stage, ...]) -> StagesRun:
     by_name = {s.name: s for s in stages}
     planned: dict[str, list[dag.Node]] = {}
     futures: dict[str, list[Any]] = {}
@@ -85,9 +95,9 @@ def _fingerprint(config: RunConfig, nodes: list[dag.Node]) -> str | None:
 def evaluate_policy(
     config: RunConfig, run_dir: str, iteration: int, inputs: RunInputs
 ) -> dict[str, Any]:
-    """Greedy generations on validation prompts, their reward and reference perplexity."""
+    """Generations on validation prompts, their reward and reference perplexity."""
     ctx = dag.Ctx(config, RunLayout(run_dir), inputs, iteration)
-    return evaluation_row(run_stages(config, ctx, dag.EVALUATION))
+    return evaluation_row(config, run_stages(config, ctx, dag.EVALUATION))
 
 
 @flow(name="alt-iteration", log_prints=True)

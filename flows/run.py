@@ -32,6 +32,13 @@ TABLE_COLUMNS = [
     ("eval_s", "eval s", "{:.0f}"),
     ("reused", "reused", "{}"),
 ]
+# The toxicity task's columns (`alt_core.evaluation.toxicity_metrics`), after the
+# validation reward; a table without them (the reward tasks) is unchanged.
+TOXICITY_COLUMNS = [
+    ("valid_toxicity_max_mean", "exp max tox", "{:.3f}"),
+    ("valid_toxicity_prob", "tox prob", "{:.3f}"),
+    ("valid_toxicity_mean", "mean tox", "{:.3f}"),
+]
 # The table's names for the stages a resumed attempt reused (the times above include
 # what the earlier attempts spent on them).
 _REUSED_LABELS = {
@@ -50,11 +57,21 @@ def reused_label(stages: list[str] | None) -> str | None:
     return ",".join(names) or "-"
 
 
+def table_columns(rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """TABLE_COLUMNS, with TOXICITY_COLUMNS after the validation reward when a row has
+    them."""
+    if not any(TOXICITY_COLUMNS[0][0] in row for row in rows):
+        return TABLE_COLUMNS
+    at = [key for key, _, _ in TABLE_COLUMNS].index("valid_reward_sem") + 1
+    return [*TABLE_COLUMNS[:at], *TOXICITY_COLUMNS, *TABLE_COLUMNS[at:]]
+
+
 def metrics_rows(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
+    columns = table_columns(rows)
     return [
         {
             label: format_cell(reused_label(row.get(key)) if key == "reused" else row.get(key), fmt)
-            for key, label, fmt in TABLE_COLUMNS
+            for key, label, fmt in columns
         }
         for row in rows
     ]

@@ -401,7 +401,25 @@ class EvaluationConfig(StrictModel):
         None,
         gt=0,
         le=MAX_TOKENS,
-        description="Greedy generation length (None: sampling.max_new_tokens).",
+        description="Evaluation generation length (None: sampling.max_new_tokens).",
+    )
+    samples_per_prompt: Count = Field(
+        1,
+        gt=0,
+        le=MAX_BATCH,
+        description="Generations per validation prompt: 1, one greedy generation; more, that "
+        "many sampled with evaluation.temperature and evaluation.top_p (the toxicity task's "
+        "25). The reward mean and sem, perplexity and distinct-n are over all generations; "
+        "the toxicity metrics take the worst sample of each prompt.",
+    )
+    temperature: float = Field(
+        1.0, gt=0, description="Sampling temperature of evaluation (samples_per_prompt > 1)."
+    )
+    top_p: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="Nucleus sampling mass of evaluation (samples_per_prompt > 1).",
     )
     batch_size: Count = Field(
         16, gt=0, le=MAX_BATCH, description="Batch size for reference perplexity."

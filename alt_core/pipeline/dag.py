@@ -123,6 +123,11 @@ VALIDATION_DATA = (
 )
 # The KL reference is the trainer's and the perplexity scorer's, not the sampler's.
 SAMPLER_MODEL_IGNORE = ("model.reference",)
+# The evaluation's sample count and sampling settings are resolved into the eval
+# samplers' generation parameters (hashed there): at one sample they are unused (greedy),
+# so changing them restales nothing, and a run made before they existed keeps its
+# fingerprints. The perplexity sees their effect through the scored table.
+EVAL_SAMPLING = ("evaluation.samples_per_prompt", "evaluation.temperature", "evaluation.top_p")
 # The exemplar settings condition the prompts (hashed there), not the scoring.
 FEEDBACK_IGNORE = ("feedback.exemplar_rule", "feedback.exemplar_text")
 
@@ -236,11 +241,11 @@ def plan_eval_prompts(ctx: Ctx, planned: Planned) -> list[Node]:
 
 def _plan_samples(ctx: Ctx, phase: str, prompts: Node, model_uri: str) -> list[Node]:
     config, k = ctx.config, ctx.iteration
-    greedy = phase == "eval"
+    evaluation = phase == "eval"
     outputs = lambda i: ctx.layout.shard(k, f"{phase}_samples", i)  # noqa: E731
     rows = _committed_rows(prompts.outputs[0], [])
-    shards = min(config.sampling.num_shards, rows) if greedy else config.sampling.num_shards
-    params = GenerationParams.greedy(config) if greedy else GenerationParams.train(config)
+    shards = min(config.sampling.num_shards, rows) if evaluation else config.sampling.num_shards
+    params = GenerationParams.evaluation(config) if evaluation else GenerationParams.train(config)
     engine = EngineSettings.from_config(config)
     seed = stage_seed(config, k, f"{phase}-sample")
     nodes = []
@@ -420,17 +425,18 @@ ITERATION: tuple[Stage, ...] = (
 EVALUATION: tuple[Stage, ...] = (
     Stage("eval_prompts", "eval prompts", ("data.num_valid_prompts", *CONDITIONING),
           plan_eval_prompts),
-    # Greedy: only the evaluation's generation settings (resolved into the node's
-    # parameters) and the engine's, never the sampling temperature or count.
+    # Only the evaluation's generation settings (resolved into the node's parameters)
+    # and the engine's, never the train sampling temperature or count.
     Stage("eval_sample", "eval samples",
           ("model", "sampling.backend", "data.max_prompt_tokens", "evaluation"),
-          plan_eval_sample, after=("eval_prompts",), ignore=SAMPLER_MODEL_IGNORE),
+          plan_eval_sample, after=("eval_prompts",),
+          ignore=(*SAMPLER_MODEL_IGNORE, *EVAL_SAMPLING)),
     Stage("eval_feedback", "eval feedback", ("method", "feedback"), plan_eval_feedback,
           per_shard_of="eval_sample", ignore=FEEDBACK_IGNORE),
     Stage("eval_join", "eval", (), plan_eval_join, after=("eval_feedback",)),
-    # The generation length is the samplers'; its effect arrives in the scored table.
+    # The generation settings are the samplers'; their effect arrives in the scored table.
     Stage("perplexity", "eval", ("data.max_prompt_tokens", "evaluation"), plan_perplexity,
-          after=("eval_join",), ignore=("evaluation.max_new_tokens",)),
+          after=("eval_join",), ignore=("evaluation.max_new_tokens", *EVAL_SAMPLING)),
 )  # fmt: skip
 
 STAGES: dict[str, Stage] = {s.name: s for s in (*ITERATION, *EVALUATION)}

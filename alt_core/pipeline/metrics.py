@@ -3,7 +3,8 @@
 Keys (in this order in `iter_NNN/metrics.json`): iteration; train_sample_s,
 train_feedback_s; the judge's counters (judge methods); train_samples and the sampled
 reward's mean, sd, missing count, truncated share and length; datapool_s, pool_rows,
-train_set_rows; train_s, train_loss; the evaluation's valid_* metrics and eval_s; and
+train_set_rows; train_s, train_loss; the evaluation's valid_* metrics (on the toxicity
+task also valid_toxicity_*) and eval_s; and
 `reused`, the stages whose outputs this attempt found committed. Every `*_s` is the
 stage's time over all attempts at its current outputs (`pipeline.timings`).
 """
@@ -45,10 +46,14 @@ def feedback_summary(feedback: pd.DataFrame) -> dict[str, Any]:
     }
 
 
-def evaluation_row(run: StagesRun) -> dict[str, Any]:
+def evaluation_row(config: RunConfig, run: StagesRun) -> dict[str, Any]:
+    """The evaluation's metrics: the task's (`RunConfig.task`; the toxicity task adds the
+    expected maximum toxicity, toxicity probability and mean toxicity), its time and the
+    stages reused."""
     (scored,) = run.results["perplexity"]
+    task, threshold = config.task, config.feedback.toxicity.threshold
     return {
-        **eval_metrics(store.read_table(scored.uri)),
+        **eval_metrics(store.read_table(scored.uri), task, threshold),
         "eval_s": sum(run.seconds.values()),
         "reused": list(run.reused),
     }

@@ -315,7 +315,9 @@ def example_prompts(evals: pd.DataFrame, n: int = EXAMPLE_PROMPTS) -> str:
     chosen = latest.sort_values("prompt_id")["prompt_id"].drop_duplicates().head(n)
     parts = []
     for pid in chosen:
-        rows = evals[evals["prompt_id"] == pid].sort_values("iteration")
+        # With several samples per prompt (evaluation.samples_per_prompt), the first.
+        rows = evals[evals["prompt_id"] == pid].sort_values("iteration", kind="stable")
+        rows = rows.drop_duplicates("iteration")
         body = [
             [
                 str(r["iteration"]),

@@ -15,7 +15,7 @@ class _Spec(BaseModel):
 
 class GenerationParams(_Spec):
     """What decides the generated tokens (with the seed and the prompt tokens). Built by
-    `train` or `greedy` from the config; no defaults of its own."""
+    `train` or `evaluation` from the config; no defaults of its own."""
 
     n: int = Field(gt=0, description="Generations per prompt.")
     temperature: float = Field(ge=0, description="0: greedy.")
@@ -36,14 +36,17 @@ class GenerationParams(_Spec):
         )
 
     @classmethod
-    def greedy(cls, config: RunConfig) -> GenerationParams:
-        """Evaluation: one greedy generation, `evaluation.max_new_tokens` long (default:
-        the sampling length)."""
-        length = config.evaluation.max_new_tokens or config.sampling.max_new_tokens
+    def evaluation(cls, config: RunConfig) -> GenerationParams:
+        """Evaluation, `evaluation.max_new_tokens` long (default: the sampling length): one
+        greedy generation, or `evaluation.samples_per_prompt` sampled ones at the
+        evaluation's temperature and top_p."""
+        e = config.evaluation
+        length = e.max_new_tokens or config.sampling.max_new_tokens
+        sampled = e.samples_per_prompt > 1
         return cls(
-            n=1,
-            temperature=0.0,
-            top_p=1.0,
+            n=e.samples_per_prompt,
+            temperature=e.temperature if sampled else 0.0,
+            top_p=e.top_p if sampled else 1.0,
             max_new_tokens=length,
             max_prompt_tokens=config.data.max_prompt_tokens,
         )

@@ -147,3 +147,25 @@ def test_toxicity_metrics_by_hand():
     assert eval_metrics(full, "toxicity", threshold=0.6)["valid_toxicity_prob"] == pytest.approx(
         1 / 3
     )
+
+
+def test_per_generation_metrics_count_every_sample():
+    # 2 prompts x 2 samples: the reward, perplexity and distinct-n are over all 4 rows.
+    df = pd.DataFrame(
+        {
+            "prompt_id": [0, 0, 1, 1],
+            "reward": [1.0, 0.0, 0.5, 0.5],
+            "generation": ["a b", "a c", "d d", "a b"],
+            "ref_nll": [1.0, 2.0, 3.0, 4.0],
+            "ref_tokens": [1, 1, 2, 2],
+            "num_tokens": [2, 2, 2, 4],
+        }
+    )
+    m = eval_metrics(df)
+    assert m["valid_reward_mean"] == pytest.approx(0.5)
+    assert m["valid_reward_sem"] == pytest.approx(np.std([1, 0, 0.5, 0.5], ddof=1) / 2)
+    assert m["valid_perplexity"] == pytest.approx(math.exp(10 / 6))
+    assert m["valid_gen_tokens"] == pytest.approx(2.5)
+    assert m["valid_distinct_1"] == pytest.approx(4 / 8)  # a, b, c, d of 8 words
+    assert m["valid_distinct_2"] == pytest.approx(3 / 4)  # (a b) twice
+    assert m["valid_prompts"] == 2

@@ -211,3 +211,31 @@ def test_shard_node_matches_the_planned_node(run):
     spec = feedback.spec.model_dump(exclude={"config"})
     remote = dag.shard_node(config, "feedback", spec, feedback.name)
     assert remote.fingerprint(config) == feedback.fingerprint(config)
+
+
+def test_eval_sample_count_restales_eval_sampling_only(run):
+    changes = {"evaluation__samples_per_prompt": 4}
+    assert changed_stages(run, dag.ITERATION, **changes) == set()
+    assert changed_stages(run, dag.EVALUATION, **changes) == {"eval_sample"}
+
+
+def test_eval_sampling_settings_are_unused_by_a_greedy_evaluation(run):
+    for changes in ({"evaluation__temperature": 0.7}, {"evaluation__top_p": 0.5}):
+        assert changed_stages(run, dag.EVALUATION, **changes) == set()
+        sampled = {"evaluation__samples_per_prompt": 4}
+        before = fingerprints(_config(**sampled), run, dag.EVALUATION)
+        after = fingerprints(_config(**sampled, **changes), run, dag.EVALUATION)
+        assert {n for n in before if before[n] != after[n]} == {"eval_sample"}
+        assert changed_stages(run, dag.ITERATION, **sampled, **changes) == set()
+
+
+def test_a_greedy_evaluation_hashes_as_before_the_sampling_fields(run):
+    """One sample: the eval stages' config part is what it was before the evaluation's
+    sampling fields existed, so older run folders keep their committed evaluations."""
+    config = _config()
+    for name in ("eval_sample", "perplexity"):
+        stage = dag.STAGES[name]
+        part = fps.config_identity(config, stage.config, stage.ignore)
+        assert set(part["evaluation"]) == {"max_new_tokens"} - set(
+            f.removeprefix("evaluation.") for f in stage.ignore
+        )

@@ -101,8 +101,19 @@ def test_worker_failure_names_the_cause(tmp_path):
         start=0,
         stop=1,
         seed=0,
-        params=GenerationParams.greedy(RunConfig()),
+        params=GenerationParams.evaluation(RunConfig()),
         engine=ENGINE,
     )
     with pytest.raises(WorkerError, match=r"(?s)sample-0 failed \(exit code 1\).*not committed"):
         run_job("sample", spec, name="sample-0", log=lambda _: None)
+
+
+def test_evaluation_params_are_greedy_with_one_sample_and_sampled_with_more():
+    greedy = GenerationParams.evaluation(RunConfig())
+    assert (greedy.n, greedy.temperature, greedy.top_p) == (1, 0.0, 1.0)
+    config = RunConfig.model_validate(
+        {"evaluation": {"samples_per_prompt": 25, "temperature": 0.8, "top_p": 0.95}}
+    )
+    sampled = GenerationParams.evaluation(config)
+    assert (sampled.n, sampled.temperature, sampled.top_p) == (25, 0.8, 0.95)
+    assert sampled.max_new_tokens == config.sampling.max_new_tokens
