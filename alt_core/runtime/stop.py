@@ -18,11 +18,14 @@ only sets the flag that the step loop reads (`stopping()`).
 A flow run started by Prefect's runner (`alt serve`) or a worker is stopped, on a
 cancel from the UI or a SIGTERM to its process, by a SIGTERM that Prefect's own handler
 turns into an exception in the flow's thread (`TerminationSignal`; a parent flow sees
-its subflow's as `CancelledRun` or `CrashedRun`). Without more, the process would exit
-and leave its jobs running in their sessions. The flows' bodies therefore run inside
-`on_termination()` (`tasks_lib.common.jobs_end_with_the_flow_run`), which ends the jobs
-as that exception passes. Prefect's handler stays the one installed: the runner
-acknowledges a cancel over its control channel only while it is.
+its subflow's as `CancelledRun` or `CrashedRun`). Without more, the flow engine would
+leave its task runner, whose shutdown waits for the stage threads and so for their jobs,
+until the runner SIGKILLs the process 30 s later and the jobs, in their own sessions,
+run on. Where a flow waits on its stages (`flows.iteration.run_stages`) and around the
+flows' bodies, the work therefore runs inside `on_termination()`
+(`tasks_lib.common.jobs_end_with_the_flow_run`), which ends the jobs as that exception
+passes. Prefect's handler stays the one installed: the runner acknowledges a cancel over
+its control channel only while it is.
 """
 
 from __future__ import annotations

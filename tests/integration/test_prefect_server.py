@@ -305,11 +305,6 @@ def _remote_shard(client, api, home, tmp_path, config, layout) -> None:
     assert shard_run.state.is_completed() and shard_run.work_pool_name == POOL
 
 
-@pytest.mark.xfail(
-    run=False,
-    reason="open (issue 12): a served run's flow-run process exits on a UI cancel without "
-    "unwinding the flow body, so its shard job, in a session of its own, is left running",
-)
 def test_a_cancel_in_the_ui_stops_a_served_run(server, client, tmp_path, tiny_model_dir):
     """A served run cancelled from the UI while a sampling shard runs: the flow run ends
     Cancelled, and no process of it is left (its shard job included, which runs in a
