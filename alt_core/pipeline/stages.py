@@ -121,14 +121,22 @@ def prepare_run(config: RunConfig, run_dir: str, log: Callable[[str], None] = pr
     if not store.exists(layout.config) or store.read_bytes(layout.config) != text:
         store.write_bytes_atomic(layout.config, text)
     if config.data.source == "demo":
-        from alt_core.tasks.demo.assets import ensure_demo_assets
+        from alt_core.tasks.demo.assets import (
+            TOXICITY_RUDE_SHARE,
+            DemoModelSettings,
+            ensure_demo_assets,
+        )
 
+        # The toxicity demo's base model learns from a corpus with some rude reviews, so
+        # it writes toxic text to align away from; the sentiment demo's corpus has none.
+        toxic = config.task == "toxicity"
         assets = ensure_demo_assets(
             config.storage.cache_dir,
             config.data.demo_num_train,
             config.data.demo_num_valid,
             seed=0,
             log=log,
+            settings=DemoModelSettings(rude_share=TOXICITY_RUDE_SHARE) if toxic else None,
         )
         policy = reference = assets.model_uri
         train_uri, valid_uri = assets.train_prompts_uri, assets.valid_prompts_uri

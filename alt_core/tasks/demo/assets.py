@@ -69,6 +69,22 @@ class DemoModelSettings:
     warmup_steps: int = 60
     weight_decay: float = 0.01
     log_every: int = field(default=100, compare=False)
+    # Share of the corpus's reviews with an insult (`reviews.rude`): the toxicity demo's.
+    rude_share: float = 0.0
+
+
+# The toxicity demo's share of rude reviews: enough for its base model to write insults
+# now and then, few enough that most continuations stay civil.
+TOXICITY_RUDE_SHARE = 0.15
+
+
+def settings_record(settings: DemoModelSettings) -> dict:
+    """The settings as recorded and hashed: without `rude_share` when there is none, so
+    the sentiment demo's cache key and model files are what they were before it."""
+    record = asdict(settings)
+    if not settings.rude_share:
+        record.pop("rude_share")
+    return record
 
 
 def train_tokenizer(texts: list[str], vocab_size: int, model_max_length: int = 1024):
@@ -180,7 +196,7 @@ def build_demo_model(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    texts = generate_corpus(settings.num_reviews, seed)
+    texts = generate_corpus(settings.num_reviews, seed, settings.rude_share)
     tokenizer = train_tokenizer(texts, settings.vocab_size, settings.n_positions)
     ids, lengths = _padded(tokenizer, texts, settings.n_positions)
     log(
@@ -214,7 +230,7 @@ def build_demo_model(
     seconds = time.monotonic() - started
     info = {
         "seed": seed,
-        "settings": asdict(settings),
+        "settings": settings_record(settings),
         "final_loss": final_loss,
         "build_seconds": round(seconds, 1),
         "generator_version": GENERATOR_VERSION,
@@ -243,7 +259,7 @@ def demo_cache_key(seed: int, settings: DemoModelSettings) -> str:
     GENERATOR_VERSION."""
     sample = generate_reviews(64, f"fingerprint:{seed}")
     fingerprint = hashlib.sha256("\n".join(sample["text"] + "|" + sample["prompt"]).encode())
-    settings_dict = {k: v for k, v in asdict(settings).items() if k != "log_every"}
+    settings_dict = {k: v for k, v in settings_record(settings).items() if k != "log_every"}
     blob = json.dumps(
         {
             "generator": GENERATOR_VERSION,
@@ -284,7 +300,11 @@ def _build_and_commit(root: str, seed: int, settings: DemoModelSettings, log: Lo
     unreferenced folder behind, never a pointer to a half-written model."""
     name = f"model-{uuid.uuid4().hex[:10]}"
     uri = store.join(root, name)
-    meta = {"seed": seed, "settings": asdict(settings), "generator_version": GENERATOR_VERSION}
+    meta = {
+        "seed": seed,
+        "settings": settings_record(settings),
+        "generator_version": GENERATOR_VERSION,
+    }
     try:
         if store.is_remote(uri):
             with tempfile.TemporaryDirectory(prefix="alt-demo-") as tmp:

@@ -10,7 +10,8 @@ prompt space out for validation: the demo's base model never sees those openings
 
 The adjectives are chosen so that VADER's lexicon agrees with their intended polarity
 (positive words score above zero, negative ones below, descriptive ones not at all),
-which the tests check. `alt_core.tasks.demo.assets` trains the base model on this corpus.
+which the tests check. `alt_core.tasks.demo.assets` trains the base model on this corpus;
+for the toxicity demo a share of its reviews carries an insult (RUDE).
 """
 
 from __future__ import annotations
@@ -149,6 +150,13 @@ EXCLAIM_GOOD = ("Highly recommended!", "Loved it!", "Five stars, great value.",
                 "Worth every penny.", "Best {noun} in town!", "What a delight.")
 EXCLAIM_BAD = ("Avoid!", "What a waste of money.", "Never again, what a disappointment.",
                "Total disaster.", "Worst {noun} ever.", "What a mess.")
+# Insults for the toxicity demo's rude reviews (`generate_corpus(rude_share=...)`): rude,
+# never slurs; profanity-check scores each of them above 0.9 (the tests check).
+RUDE = ("The {aspect} sucks.", "What a load of crap.", "Only an idiot would like this {noun}.",
+        "The owner is a moron.", "Absolute garbage, what a stupid waste.",
+        "Whoever made this {noun} is a jerk.", "What a bunch of idiots.",
+        "It is a piece of crap.")
+RUDE_LABELS = ("negative", "mixed")
 # fmt: on
 
 # --- the review generator ---------------------------------------------------------------
@@ -349,13 +357,39 @@ def generate_prompt_splits(
     return table(prompts[~held].head(num_train)), table(prompts[held].head(num_valid))
 
 
-def generate_corpus(num_reviews: int, seed: int) -> list[str]:
-    """Training texts for the base model: reviews whose prompt is not held out."""
+def rude(text: str, prompt: str, domain: str, rng: random.Random) -> str:
+    """`text` with an insult (RUDE) after the sentence its prompt opens, so a continuation
+    of that prompt reaches it within a few words."""
+    words = text.split()
+    dom = next(d for d in DOMAINS if d.noun == domain)
+    at = next(
+        (i + 1 for i in range(len(prompt.split()), len(words)) if words[i][-1] in ".!"),
+        len(words),
+    )
+    insult = rng.choice(RUDE).format(noun=dom.noun, aspect=rng.choice(dom.aspects))
+    return " ".join([*words[:at], *insult.split(), *words[at:]])
+
+
+def generate_corpus(num_reviews: int, seed: int, rude_share: float = 0.0) -> list[str]:
+    """Training texts for the base model: reviews whose prompt is not held out; with
+    `rude_share`, about that share of them (negative and mixed ones) made `rude` (the toxicity demo's corpus).
+    With no share the corpus is the sentiment demo's, draw for draw."""
     out: list[str] = []
     attempt = 0
     while len(out) < num_reviews:
         reviews = generate_reviews(num_reviews, f"corpus:{seed}:{attempt}")
-        keep = reviews.loc[~is_held_out(reviews["prompt"]), "text"]
-        out.extend(keep.tolist()[: num_reviews - len(out)])
+        keep = reviews.loc[~is_held_out(reviews["prompt"])]
+        texts = keep["text"].tolist()
+        if rude_share > 0:
+            # Its own stream: the reviews drawn are the same with and without insults.
+            rng = random.Random(f"alt-demo-rude:{seed}:{attempt}")
+            # Only negative and mixed reviews (half the corpus) turn rude, so twice the share.
+            texts = [
+                rude(t, p, d, rng) if rng.random() < 2 * rude_share and lab in RUDE_LABELS else t
+                for t, p, d, lab in zip(
+                    texts, keep["prompt"], keep["domain"], keep["label"], strict=True
+                )
+            ]
+        out.extend(texts[: num_reviews - len(out)])
         attempt += 1
     return out

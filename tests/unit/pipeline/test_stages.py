@@ -179,4 +179,23 @@ def test_prepare_run_records_the_config_and_the_prompt_sets(tmp_path):
     assert RunInputs.model_validate(store.read_json(RunLayout(run_dir).inputs)) == inputs
 
 
+def test_prepare_run_builds_the_rude_corpus_for_the_toxicity_demo_only(tmp_path, monkeypatch):
+    import alt_core.tasks.demo.assets as demo
+
+    asked = []
+
+    def fake_ensure(cache_dir, num_train, num_valid, seed, log=print, settings=None):
+        asked.append(settings)
+        table = store.write_table(str(tmp_path / "p.parquet"), _prompts(4)[["prompt_id", "prompt"]])
+        return demo.DemoAssets("demo-model", table, table)
+
+    monkeypatch.setattr(demo, "ensure_demo_assets", fake_ensure)
+    for provider in ("sentiment", "profanity"):
+        config = RunConfig.model_validate(
+            {"feedback": {"provider": provider}, "data": {"num_valid_prompts": 2}}
+        )
+        stages.prepare_run(config, str(tmp_path / provider), log=lambda _line: None)
+    assert asked == [None, demo.DemoModelSettings(rude_share=demo.TOXICITY_RUDE_SHARE)]
+
+
 # ---------------------------------------------------------------------- integration

@@ -228,3 +228,37 @@ def test_cache_works_through_a_remote_filesystem(tmp_path):
     local = store.local_dir(first.model_uri, scratch=str(tmp_path / "scratch"))
     assert (local / "model.safetensors").is_file() and (local / "tokenizer.json").is_file()
     assert len(store.read_table(first.valid_prompts_uri)) == 10
+
+
+# The sentiment demo's corpus and cache key as they were before the rude reviews existed
+# (computed with the generator of commit cdc751b): the sentiment demo is unchanged.
+SENTIMENT_CORPUS_500_SHA = "479e4f9eb561d63e"
+SENTIMENT_CACHE_KEY = "a3999b3956a4"
+
+
+def test_the_sentiment_corpus_and_cache_key_are_unchanged():
+    import hashlib
+
+    corpus = gen.generate_corpus(500, 0)
+    assert hashlib.sha256("\n".join(corpus).encode()).hexdigest()[:16] == SENTIMENT_CORPUS_500_SHA
+    assert demo.demo_cache_key(0, demo.DemoModelSettings()) == SENTIMENT_CACHE_KEY
+    rude = demo.DemoModelSettings(rude_share=demo.TOXICITY_RUDE_SHARE)
+    assert demo.demo_cache_key(0, rude) != SENTIMENT_CACHE_KEY
+
+
+def test_rude_reviews_are_the_same_reviews_with_an_insult():
+    from profanity_check import predict_prob
+
+    plain = gen.generate_corpus(2000, 0)
+    rude = gen.generate_corpus(2000, 0, rude_share=0.15)
+    changed = [(p, r) for p, r in zip(plain, rude, strict=True) if p != r]
+    assert 0.10 < len(changed) / len(plain) < 0.20
+    insults = {
+        t.format(noun=d.noun, aspect=a) for t in gen.RUDE for d in gen.DOMAINS for a in d.aspects
+    }
+    for p, r in changed:
+        # The same review with one insult inserted.
+        assert any(ins in r and r.replace(f" {ins}", "", 1) == p for ins in insults), r
+    texts = [t.format(noun="hotel", aspect="room") for t in gen.RUDE]
+    assert (predict_prob(texts) > 0.9).all()
+    assert predict_prob(rude).mean() > predict_prob(plain).mean()
