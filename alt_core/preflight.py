@@ -17,6 +17,10 @@ returned as notes, never silently skipped.
   request with a short timeout). `model.policy: demo` is built on first use: no check;
 - the LLM judge, when the run uses one: one GET {base_url}/models with a short timeout
   (unreachable, a refused key and a model the judge does not serve are failures);
+- the Perspective API, when the run scores with it and its key is in the environment: one
+  comments:analyze request for a short text (unreachable, a refused key and an answer
+  without the attribute's score are failures); without the key, a note that it was not
+  checked;
 - the prompt data: every prompt file loads with its prompt column (`alt_core.data`); a
   `datasets` data set exists (a local folder, or the hub knows it).
 
@@ -32,6 +36,7 @@ from pathlib import Path
 
 from alt_core import store
 from alt_core.config import JudgeConfig, RunConfig
+from alt_core.config.toxicity import PerspectiveConfig
 
 # One request to the hub or the judge waits this long at most.
 HUB_TIMEOUT_S = 10.0
@@ -80,6 +85,10 @@ def preflight(config: RunConfig | None, run_dir: str, *, writes: bool) -> list[s
         if config.feedback.provider == "judge":
             judge, note = check_judge(config.feedback.judge)
             problems += [judge] if judge else []
+            notes += [note] if note else []
+        if config.feedback.provider == "perspective":
+            api, note = check_perspective(config.feedback.toxicity.perspective)
+            problems += [api] if api else []
             notes += [note] if note else []
         data, data_notes = _prompt_data(config)
         problems += data
@@ -297,6 +306,69 @@ def _served_models(response) -> set[str]:
         return {str(m["id"]) for m in data if isinstance(m, dict) and "id" in m}
     except (ValueError, AttributeError, TypeError):
         return set()
+
+
+# --------------------------------------------------------------------------- perspective
+
+_PERSPECTIVE_FIELD = "feedback.toxicity.perspective"
+
+
+def check_perspective(api: PerspectiveConfig) -> tuple[Problem | None, str | None]:
+    """One comments:analyze request for a short text, when the key is in the environment:
+    the API answers, takes the key and scores the attribute. Returns a problem, or a note
+    on what was not checked. The key is never in either (it travels in a header)."""
+    import httpx
+
+    url, env = f"{api.base_url}/comments:analyze", api.api_key_env
+    key = None if api.api_key_secret_block else os.environ.get(env)
+    if not key:
+        where = (
+            f"the Prefect Secret block {api.api_key_secret_block!r}, read when the feedback "
+            "stage starts"
+            if api.api_key_secret_block
+            else f"{env}, which is unset here"
+        )
+        return None, f"perspective: {url} was not checked (its API key comes from {where})"
+    body = {"comment": {"text": "preflight check"}, "requestedAttributes": {api.attribute: {}},
+            "languages": list(api.languages), "doNotStore": True}  # fmt: skip
+    timeout = min(api.timeout_s, JUDGE_TIMEOUT_S)
+    try:
+        response = httpx.post(url, json=body, headers={"X-Goog-Api-Key": key}, timeout=timeout)
+    except httpx.HTTPError as exc:
+        why = (
+            f"did not answer in {timeout:g} s"
+            if isinstance(exc, httpx.TimeoutException)
+            else f"cannot be reached ({type(exc).__name__})"
+        )
+        fix = f"check the network, or fix {_PERSPECTIVE_FIELD}.base_url"
+        return Problem(
+            "perspective", api.base_url, f"the Perspective API at {url} {why}; {fix}"
+        ), None
+    code = response.status_code
+    # Perspective answers 400 (API_KEY_INVALID) or 403 (the API not enabled for the key).
+    if code in (400, 401, 403):
+        return Problem(
+            "perspective",
+            api.base_url,
+            f"the Perspective API at {url} refused the request (HTTP {code}): the key in {env} "
+            f"is invalid or not enabled for the Perspective API; put a valid key in {env}",
+        ), None
+    if code == 429 or code >= 500:  # busy or over quota now: it answered, the run retries
+        return None, f"perspective: {url} answered HTTP {code}; the key was not checked"
+    if code >= 400:
+        return Problem(
+            "perspective", api.base_url,
+            f"the Perspective API at {url} answered HTTP {code}; fix {_PERSPECTIVE_FIELD}.base_url",
+        ), None  # fmt: skip
+    try:
+        response.json()["attributeScores"][api.attribute]["summaryScore"]["value"]
+    except (ValueError, KeyError, TypeError):
+        return Problem(
+            "perspective", api.base_url,
+            f"the Perspective API at {url} answered without a {api.attribute} score; fix "
+            f"{_PERSPECTIVE_FIELD}.attribute or .base_url",
+        ), None  # fmt: skip
+    return None, None
 
 
 # --------------------------------------------------------------------------- prompt data

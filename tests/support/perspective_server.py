@@ -3,8 +3,9 @@
 `script` maps a substring of the comment text to the answers it gets, one per request,
 in order (the last repeats): "429" (Retry-After 0), "500", "malformed" (200 with a body
 lacking attributeScores), "out_of_range" (a score of 1.7), or a float (the TOXICITY
-score). Texts that match nothing score `default`. Every request's path, headers and
-body are recorded.
+score). Texts that match nothing score `default`. With `key`, a request whose
+X-Goog-Api-Key header differs gets the API's answer to an invalid key (HTTP 400). Every
+request's path, headers and body are recorded.
 """
 
 from __future__ import annotations
@@ -16,8 +17,14 @@ from typing import Any
 
 
 class PerspectiveServer:
-    def __init__(self, script: dict[str, list[Any]] | None = None, default: float = 0.1):
+    def __init__(
+        self,
+        script: dict[str, list[Any]] | None = None,
+        default: float = 0.1,
+        key: str | None = None,
+    ):
         self.script = script or {}
+        self.key = key
         self.default = default
         self.requests: list[dict[str, Any]] = []
         self._seen: dict[str, int] = {}
@@ -36,7 +43,12 @@ class PerspectiveServer:
                     )
                     answer = server._answer(body["comment"]["text"])
                 attribute = next(iter(body["requestedAttributes"]))
-                if answer in ("429", "500"):
+                if server.key is not None and self.headers.get("X-Goog-Api-Key") != server.key:
+                    self.send_response(400)
+                    payload = (
+                        b'{"error": {"status": "INVALID_ARGUMENT", "message": "API key not valid"}}'
+                    )
+                elif answer in ("429", "500"):
                     self.send_response(int(answer))
                     if answer == "429":
                         self.send_header("Retry-After", "0")

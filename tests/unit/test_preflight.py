@@ -13,7 +13,16 @@ import pytest
 
 from alt_core import preflight as pf
 from alt_core.config import JudgeConfig
-from alt_core.preflight import PreflightError, Problem, check_judge, check_model, preflight
+from alt_core.config.toxicity import PerspectiveConfig
+from alt_core.preflight import (
+    PreflightError,
+    Problem,
+    check_judge,
+    check_model,
+    check_perspective,
+    preflight,
+)
+from tests.support.perspective_server import PerspectiveServer
 from tests.support.runs import tiny_run_config
 
 
@@ -204,6 +213,77 @@ def test_the_judge_is_checked_only_when_the_run_uses_it(tmp_path, model_dir):
     with pytest.raises(PreflightError, match="cannot be reached"):
         preflight(config, str(tmp_path / "run"), writes=True)
     preflight(None, str(tmp_path), writes=False)  # status never asks the judge
+
+
+# --------------------------------------------------------------------------- perspective
+
+SECRET = "sekret-perspective-key-123"
+
+
+def perspective(url: str, **fields) -> PerspectiveConfig:
+    return PerspectiveConfig(base_url=url, api_key_env="ALT_TEST_PERSPECTIVE_KEY", **fields)
+
+
+def test_perspective_with_its_key_answers_one_request(monkeypatch):
+    monkeypatch.setenv("ALT_TEST_PERSPECTIVE_KEY", SECRET)
+    with PerspectiveServer(key=SECRET) as server:
+        assert check_perspective(perspective(server.url)) == (None, None)
+    (request,) = server.requests
+    assert request["path"].endswith("/comments:analyze") and SECRET not in request["path"]
+    assert request["body"]["requestedAttributes"] == {"TOXICITY": {}}
+
+
+def test_perspective_refusing_the_key_names_the_endpoint_and_variable_never_the_key(monkeypatch):
+    monkeypatch.setenv("ALT_TEST_PERSPECTIVE_KEY", SECRET)
+    with PerspectiveServer(key="another-key") as server:
+        problem, _ = check_perspective(perspective(server.url))
+    assert problem is not None
+    assert f"{server.url}/comments:analyze" in problem.message
+    assert "ALT_TEST_PERSPECTIVE_KEY" in problem.message and SECRET not in problem.message
+    with PerspectiveServer(script={"preflight": ["malformed"]}, key=SECRET) as server:
+        problem, _ = check_perspective(perspective(server.url))
+    assert problem is not None and "without a TOXICITY score" in problem.message
+
+
+def test_an_unreachable_perspective_is_named_by_its_endpoint(monkeypatch):
+    monkeypatch.setenv("ALT_TEST_PERSPECTIVE_KEY", SECRET)
+    url = closed_port_url()
+    problem, _ = check_perspective(perspective(url))
+    assert problem is not None and f"{url}/comments:analyze cannot be reached" in problem.message
+    assert "base_url" in problem.message and SECRET not in problem.message
+
+
+def test_perspective_without_a_key_is_a_note_and_asks_nothing(monkeypatch):
+    monkeypatch.delenv("ALT_TEST_PERSPECTIVE_KEY", raising=False)
+    with PerspectiveServer() as server:
+        problem, note = check_perspective(perspective(server.url))
+        assert problem is None and "was not checked" in note and "ALT_TEST_PERSPECTIVE_KEY" in note
+        problem, note = check_perspective(perspective(server.url, api_key_secret_block="pk"))
+        assert problem is None and "'pk'" in note
+    assert server.requests == []
+    with PerspectiveServer(script={"preflight": ["429"]}) as server:
+        monkeypatch.setenv("ALT_TEST_PERSPECTIVE_KEY", SECRET)
+        problem, note = check_perspective(perspective(server.url))
+    assert problem is None and "HTTP 429" in note
+
+
+def test_the_cli_exits_2_when_perspective_refuses_the_key(tmp_path, model_dir, capsys, cli_env,
+                                                         monkeypatch):  # fmt: skip
+    import yaml
+
+    from deployments.cli import main
+
+    monkeypatch.setenv("ALT_TEST_PERSPECTIVE_KEY", SECRET)
+    with PerspectiveServer(key="another-key") as server:
+        feedback = {"provider": "perspective", "toxicity": {"perspective": {
+            "base_url": server.url, "api_key_env": "ALT_TEST_PERSPECTIVE_KEY"}}}  # fmt: skip
+        config = config_for(tmp_path, model_dir, feedback=feedback)
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+        code = main(["run", "--config", str(path), "--run-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"{server.url}/comments:analyze" in err and SECRET not in err
 
 
 # --------------------------------------------------------------------------- prompt data
