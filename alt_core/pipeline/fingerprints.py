@@ -59,6 +59,26 @@ THROUGHPUT_ONLY: tuple[str, ...] = (
     "feedback.judge.cache_unparsed",
     "feedback.judge.cache_flush_every",
     "feedback.judge_cache",
+    # The same for the Perspective API (the judge's client with its endpoint), and the
+    # toxicity classifier's batch size (rows are scored independently, as the reward
+    # model's). What it answers is decided by the attribute and the languages.
+    "feedback.toxicity.batch_size",
+    "feedback.toxicity.perspective.base_url",
+    "feedback.toxicity.perspective.max_concurrency",
+    "feedback.toxicity.perspective.requests_per_minute",
+    "feedback.toxicity.perspective.tokens_per_minute",
+    "feedback.toxicity.perspective.timeout_s",
+    "feedback.toxicity.perspective.max_retries",
+    "feedback.toxicity.perspective.backoff_base_s",
+    "feedback.toxicity.perspective.backoff_max_s",
+    "feedback.toxicity.perspective.max_retry_after_s",
+    "feedback.toxicity.perspective.api_key_env",
+    "feedback.toxicity.perspective.api_key_secret_block",
+    "feedback.toxicity.perspective.cache_unparsed",
+    "feedback.toxicity.perspective.cache_flush_every",
+    # The toxic-sample threshold decides a metric computed from the committed evaluation
+    # table (`alt_core.evaluation.toxicity_metrics`), not what any stage commits.
+    "feedback.toxicity.threshold",
     # How much missing feedback a shard may commit with: it decides whether a shard
     # commits, not what a committed shard holds (its missing rows are in the table).
     "feedback.max_missing_share",

@@ -239,3 +239,32 @@ def test_a_greedy_evaluation_hashes_as_before_the_sampling_fields(run):
         assert set(part["evaluation"]) == {"max_new_tokens"} - set(
             f.removeprefix("evaluation.") for f in stage.ignore
         )
+
+
+PERSPECTIVE = {"provider": "perspective"}
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"max_concurrency": 16, "requests_per_minute": 600.0, "timeout_s": 3.0},
+        {"max_retries": 9, "backoff_base_s": 0.5, "backoff_max_s": 9.0, "max_retry_after_s": 5.0},
+        {"base_url": "http://127.0.0.1:1/v1alpha1", "api_key_env": "OTHER_KEY"},
+        {"api_key_secret_block": "perspective-key", "cache_flush_every": 7},
+    ],
+)
+def test_perspective_throughput_settings_change_no_fingerprint(run, changes):
+    def toxic(perspective=None, **toxicity):
+        tox = {**toxicity, "perspective": perspective or {}}
+        return {"feedback": {**PERSPECTIVE, "toxicity": tox}}
+
+    for stages in (dag.ITERATION, dag.EVALUATION):
+        before = fingerprints(_config(**toxic()), run, stages)
+        after = fingerprints(_config(**toxic(changes)), run, stages)
+        assert before == after
+        after = fingerprints(_config(**toxic(batch_size=3, threshold=0.7)), run, stages)
+        assert before == after
+    # What Perspective is asked does change the feedback.
+    asked = fingerprints(_config(**toxic({"attribute": "INSULT"})), run, dag.ITERATION)
+    before = fingerprints(_config(**toxic()), run, dag.ITERATION)
+    assert {n for n in before if before[n] != asked[n]} == {"train_feedback"}
