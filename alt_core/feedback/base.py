@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from alt_core.config import RunConfig
+from alt_core.runtime.progress import ProgressLog
 from alt_core.schemas import FEEDBACK, SAMPLES, require_columns
 
 # The columns a provider adds to a samples table, in schema order.
@@ -126,6 +127,39 @@ def feedback_frame(
         index=index,
     )
     return frame[FEEDBACK_COLUMNS]
+
+
+def score_in_batches(
+    texts: list[str],
+    batch_size: int,
+    score: Callable[[list[str]], Any],
+    progress: Callable[[str], None] | None = None,
+) -> np.ndarray:
+    """`score` applied `batch_size` texts at a time, shortest first (a batch pads to its
+    longest text, so sorting by length pads little), back in input order: shape (N,).
+    `score` takes a batch of texts and returns one value per text; `progress` is the
+    provider's `progress` line printer, advanced after each batch."""
+    out = np.empty(len(texts), dtype=np.float64)
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    log = ProgressLog(len(texts), "rows", progress)
+    for start in range(0, len(texts), batch_size):
+        rows = order[start : start + batch_size]
+        out[rows] = np.asarray(score([texts[i] for i in rows]), dtype=np.float64)
+        log.advance(len(rows))
+    return out
+
+
+def classifier_logits(tokenizer: Any, model: Any, texts: list[str], max_length: int) -> Any:
+    """A sequence classifier's float logits for a batch of texts, shape (B, num_labels):
+    padded to the batch's longest text, cut to `max_length` tokens (from the side the
+    tokenizer is set to truncate), on the model's device, without gradients."""
+    import torch
+
+    enc = tokenizer(
+        texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+    ).to(model.device)
+    with torch.inference_mode():
+        return model(**enc).logits.float()
 
 
 def missing_generations(df: pd.DataFrame) -> pd.Series:

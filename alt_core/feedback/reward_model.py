@@ -16,11 +16,12 @@ from alt_core import store
 from alt_core.config import RunConfig
 from alt_core.feedback.base import (
     FeedbackProvider,
+    classifier_logits,
     feedback_frame,
     missing_generations,
     reason_where,
+    score_in_batches,
 )
-from alt_core.runtime.progress import ProgressLog
 
 
 class RewardModelError(RuntimeError):
@@ -76,31 +77,18 @@ class RewardModelProvider(FeedbackProvider):
 
     def rewards(self, texts: list[str]) -> np.ndarray:
         """One scalar per text, shape (N,). Texts are batched by length to pad little."""
-        import torch
 
-        out = np.empty(len(texts), dtype=np.float64)
-        order = np.argsort([len(t) for t in texts], kind="stable")
-        progress = ProgressLog(len(texts), "rows", self.progress)
-        for start in range(0, len(texts), self.batch_size):
-            rows = order[start : start + self.batch_size]
-            enc = self.tokenizer(
-                [texts[i] for i in rows],
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            ).to(self.device)
-            with torch.inference_mode():
-                logits = self.model(**enc).logits  # (B, num_labels)
-            if logits.ndim != 2 or logits.shape[-1] != 1:
+        def batch(chunk: list[str]) -> np.ndarray:
+            logits = classifier_logits(self.tokenizer, self.model, chunk, self.max_length)
+            if logits.ndim != 2 or logits.shape[-1] != 1:  # (B, num_labels)
                 raise RewardModelError(
                     f"reward model {self.model_name!r} returned logits of shape "
                     f"{tuple(logits.shape)}; a reward model must return one score per "
                     f"sequence (num_labels=1)"
                 )
-            out[rows] = logits[:, 0].float().cpu().numpy()
-            progress.advance(len(rows))
-        return out
+            return logits[:, 0].cpu().numpy()
+
+        return score_in_batches(texts, self.batch_size, batch, self.progress)
 
     def score(self, df: pd.DataFrame) -> pd.DataFrame:
         missing = missing_generations(df)

@@ -32,12 +32,13 @@ from alt_core.config import RunConfig
 from alt_core.config.toxicity import ToxicityConfig
 from alt_core.feedback.base import (
     FeedbackProvider,
+    classifier_logits,
     feedback_frame,
     missing_generations,
     reason_where,
+    score_in_batches,
 )
 from alt_core.feedback.reward_model import join_prompt_generation
-from alt_core.runtime.progress import ProgressLog
 
 NON_FINITE = "non_finite: the toxicity scorer returned a NaN or a score outside [0, 1]"
 
@@ -172,27 +173,13 @@ class ClassifierToxicityProvider(ToxicityProvider):
 
     def toxicity(self, texts: list[str]) -> np.ndarray:
         """Probability of the toxic label per text, shape (N,); batched by length."""
-        import torch
 
-        out = np.empty(len(texts), dtype=np.float64)
-        order = np.argsort([len(t) for t in texts], kind="stable")
-        size = self.settings.batch_size
-        progress = ProgressLog(len(texts), "rows", self.progress)
-        for start in range(0, len(texts), size):
-            rows = order[start : start + size]
-            enc = self.tokenizer(
-                [texts[i] for i in rows],
-                padding=True,
-                truncation=True,
-                max_length=self.settings.max_length,
-                return_tensors="pt",
-            ).to(self.device)
-            with torch.inference_mode():
-                logits = self.model(**enc).logits.float()  # (B, num_labels)
-            probs = logits.sigmoid() if self.multi_label else logits.softmax(-1)
-            out[rows] = probs[:, self.label_index].cpu().numpy()
-            progress.advance(len(rows))
-        return out
+        def batch(chunk: list[str]) -> np.ndarray:
+            logits = classifier_logits(self.tokenizer, self.model, chunk, self.settings.max_length)
+            probs = logits.sigmoid() if self.multi_label else logits.softmax(-1)  # (B, labels)
+            return probs[:, self.label_index].cpu().numpy()
+
+        return score_in_batches(texts, self.settings.batch_size, batch, self.progress)
 
     def close(self) -> None:
         self.model = None

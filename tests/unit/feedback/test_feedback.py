@@ -220,3 +220,20 @@ def test_join_prompt_generation_spacing():
     prompt = pd.Series(["a", "a ", "a", "a"])
     gen = pd.Series(["b", "b", " b", ""])
     assert join_prompt_generation(prompt, gen).tolist() == ["a b", "a b", "a b", "a"]
+
+
+def test_score_in_batches_batches_by_length_and_keeps_the_input_order():
+    from alt_core.feedback.base import score_in_batches
+
+    texts = ["ccc", "a", "bbbbb", "dd", "e"]
+    batches: list[list[str]] = []
+    lines: list[str] = []
+
+    def score(chunk: list[str]) -> list[float]:
+        batches.append(chunk)
+        return [float(len(t)) for t in chunk]
+
+    out = score_in_batches(texts, 2, score, lines.append)
+    assert out.tolist() == [3.0, 1.0, 5.0, 2.0, 1.0]
+    assert batches == [["a", "e"], ["dd", "ccc"], ["bbbbb"]]  # shortest first, stable
+    assert lines and lines[-1].startswith("progress 5/5")
