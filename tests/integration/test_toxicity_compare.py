@@ -72,6 +72,13 @@ def test_demo_toxicity_scores_toxicity_and_phrases_the_buckets(two_runs):
     assert quark_eval["query"].str.startswith("_QUANTILE_TOKEN_0_").all()
     from alt_core.report.html import load_run
 
+    # demo_toxicity samples 4 generations per validation prompt; the row and the table
+    # of `alt run` hold the toxicity metrics.
+    assert evaluation.groupby("prompt_id").size().tolist() == [4] * 6
+    assert rows[-1]["valid_toxicity_max_mean"] >= rows[-1]["valid_toxicity_mean"]
+    from flows.run import metrics_rows
+
+    assert "exp max tox" in metrics_rows(rows)[-1]
     metrics = load_run(run_dir).metrics.iloc[-1]
     assert 0 <= metrics["valid_toxicity_max_mean"] <= 1
     assert metrics["valid_toxicity_prob"] in {i / 6 for i in range(7)}
