@@ -12,6 +12,7 @@ group, as a Ctrl-C at the terminal sends it; SIGTERM to the `alt` process alone,
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import re
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -81,27 +83,36 @@ def wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> Non
         time.sleep(0.2)
 
 
-@pytest.mark.parametrize("point", list(STAGES))
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_a_signal_stops_the_run_then_resume_finishes_it(
-    signum, point, signal_config, api_env, reference, tmp_path
-):
-    run_dir = str(tmp_path / "run")
+@contextlib.contextmanager
+def paused_run(
+    config: Path, run_dir: str, env: dict[str, str], point: str, tmp_path: Path
+) -> Iterator[tuple[subprocess.Popen, str]]:
+    """`alt run` in a session of its own, held at the pause point `point`; yields the
+    process and the marker its processes carry, and SIGKILLs its group at the end if it
+    is still running."""
     mark, paused = uuid.uuid4().hex, tmp_path / "paused"
-    env = {
-        **api_env,
-        MARK_ENV: mark,
-        "ALT_FAULT_PAUSE": point,
-        "ALT_FAULT_PAUSE_MARK": str(paused),
-    }
+    env = {**env, MARK_ENV: mark, "ALT_FAULT_PAUSE": point, "ALT_FAULT_PAUSE_MARK": str(paused)}
     run = subprocess.Popen(
-        [sys.executable, "-m", "deployments.cli", "run", "--config", str(signal_config),
+        [sys.executable, "-m", "deployments.cli", "run", "--config", str(config),
          "--run-dir", run_dir],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True,
     )  # fmt: skip
     try:
         wait_for(paused, run)
+        yield run, mark
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("point", list(STAGES))
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_stops_the_run_then_resume_finishes_it(
+    signum, point, signal_config, api_env, reference, tmp_path
+):
+    run_dir = str(tmp_path / "run")
+    with paused_run(signal_config, run_dir, api_env, point, tmp_path) as (run, mark):
         sent = time.monotonic()
         if signum == signal.SIGINT:
             os.killpg(run.pid, signum)  # the terminal's Ctrl-C: the foreground group
@@ -109,9 +120,6 @@ def test_a_signal_stops_the_run_then_resume_finishes_it(
             run.send_signal(signum)
         _, stderr = run.communicate(timeout=60)
         seconds = time.monotonic() - sent
-    finally:
-        if run.poll() is None:
-            os.killpg(run.pid, signal.SIGKILL)
     left = processes_marked(mark)
     print(f"{signal.Signals(signum).name} at {point}: exit {run.returncode} in {seconds:.1f} s")
     assert run.returncode == (130 if signum == signal.SIGINT else 143), stderr[-3000:]
@@ -155,18 +163,9 @@ def test_a_cancel_in_prefect_stops_alt_run(signal_config, api_env, tmp_path):
     from deployments.stopping import CANCEL_POLL_S
 
     run_dir = str(tmp_path / "run")
-    mark, paused = uuid.uuid4().hex, tmp_path / "paused"
     started = datetime.datetime.now(datetime.timezone.utc)
-    env = {**api_env, MARK_ENV: mark, "ALT_FAULT_PAUSE": "train_samples:1",
-           "ALT_FAULT_PAUSE_MARK": str(paused)}  # fmt: skip
-    run = subprocess.Popen(
-        [sys.executable, "-m", "deployments.cli", "run", "--config", str(signal_config),
-         "--run-dir", run_dir],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True,
-    )  # fmt: skip
-    try:
-        wait_for(paused, run)
+    point = "train_samples:1"
+    with paused_run(signal_config, run_dir, api_env, point, tmp_path) as (run, mark):
         with get_client(sync_client=True) as client:
             # Runs killed by earlier tests stay RUNNING in this session's API.
             mine = [r for r in client.read_flow_runs(limit=200)
@@ -177,9 +176,6 @@ def test_a_cancel_in_prefect_stops_alt_run(signal_config, api_env, tmp_path):
         cancel_like_the_ui(api_env["PREFECT_API_URL"], mine[0].id)
         _, stderr = run.communicate(timeout=60)
         seconds = time.monotonic() - sent
-    finally:
-        if run.poll() is None:
-            os.killpg(run.pid, signal.SIGKILL)
     left = processes_marked(mark)
     print(f"cancel in Prefect at train_samples:1: exit {run.returncode} in {seconds:.1f} s")
     assert run.returncode == 130, stderr[-3000:]
