@@ -163,7 +163,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from flows.run import metrics_rows
+    from flows.run import TABLE_COLUMNS, metrics_rows
 
     formatted = metrics_rows(rows)
     table = Table(title="ALT metrics per iteration (iteration 0 = initial policy)")
@@ -171,7 +171,9 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         table.add_column(col, justify="right")
     for row in formatted:
         table.add_row(*row.values())
-    Console(width=max(120, Console().width)).print(table)
+    # Room for the toxicity task's extra columns, so no figure is cut short.
+    extra = len(formatted[0]) - len(TABLE_COLUMNS) if formatted else 0
+    Console(width=max(120 + 12 * extra, Console().width)).print(table)
 
 
 def show_status(run_dir: str, overrides: list[str], verify: bool = False) -> int:

@@ -85,3 +85,17 @@ def test_the_toxicity_table_adds_its_columns_after_the_validation_reward():
         "0.200",
     )
     assert (second["exp max tox"], second["tox prob"]) == ("0.300", "-")
+
+
+def test_the_printed_toxicity_table_cuts_no_figure(capsys, monkeypatch):
+    from deployments.cli import print_table
+
+    monkeypatch.setenv("COLUMNS", "80")
+    print_table([SENTIMENT_ROW])
+    reward = capsys.readouterr().out
+    assert max(len(line) for line in reward.splitlines()) <= 120  # the width it always had
+    row = {**SENTIMENT_ROW, "valid_toxicity_max_mean": 0.4123, "valid_toxicity_prob": 0.375,
+           "valid_toxicity_mean": 0.2, "train_reward_mean": 0.842}  # fmt: skip
+    print_table([row])
+    out = capsys.readouterr().out
+    assert "…" not in out and "0.412" in out and "+0.842" in out
