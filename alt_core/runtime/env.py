@@ -14,6 +14,10 @@ from pathlib import Path
 
 GPU_LIMIT_ENV = "ALT_GPU_LIMIT"
 DEVICE_LOCK_DIR_ENV = "ALT_DEVICE_LOCK_DIR"
+# Seconds a run folder's lease lasts unless renewed (`runtime.runlock` renews it every
+# third of it): how long a lock left by a lost host keeps the folder from another run.
+LEASE_ENV = "ALT_RUN_LEASE_S"
+DEFAULT_LEASE_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -36,3 +40,15 @@ class HostSettings:
             Path(tempfile.gettempdir()) / "alt-devices"
         )
         return cls(gpu_limit=os.environ.get(GPU_LIMIT_ENV) or None, device_lock_dir=Path(lock_dir))
+
+
+def lease_seconds() -> float:
+    """ALT_RUN_LEASE_S (default 60): the length of a run folder's lease, in seconds."""
+    value = os.environ.get(LEASE_ENV)
+    try:
+        seconds = float(value) if value else DEFAULT_LEASE_S
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise ValueError(f"{LEASE_ENV}={value!r}: give the lease length in seconds (> 0)")
+    return seconds

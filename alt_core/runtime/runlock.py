@@ -6,11 +6,11 @@
 `refuse_if_held(run_dir)` gives a command line the same refusal before it starts a flow.
 
 The lease names its holder (host, pid, a run id) and when it was taken, renewed and
-expires. A background thread renews it every third of its length (LEASE_ENV, default
-60 s). It is taken over when it has expired, or at once on the same host when its pid
-is no longer alive (a run killed with SIGKILL); a lease file that is not a lease is
-refused with a message, never taken over. It is released on leaving the block, on an
-exception or a Ctrl-C too.
+expires. A background thread renews it every third of its length (ALT_RUN_LEASE_S in
+`runtime.env`, default 60 s). It is taken over when it has expired, or at once on the
+same host when its pid is no longer alive (a run killed with SIGKILL); a lease file that
+is not a lease is refused with a message, never taken over. It is released on leaving
+the block, on an exception or a Ctrl-C too.
 
 How each change is made safe against a second process doing the same at the same time:
 
@@ -55,11 +55,9 @@ from pathlib import Path
 from typing import Any
 
 from alt_core import store
+from alt_core.runtime.env import lease_seconds
 
 LOCK_NAME = ".lock.json"
-# Seconds a lease lasts unless renewed (renewed every third of it).
-LEASE_ENV = "ALT_RUN_LEASE_S"
-DEFAULT_LEASE_S = 60.0
 # s3://: how long after writing a lease it is read back (see the module docstring).
 SETTLE_S = 0.5
 
@@ -80,17 +78,6 @@ class RunLockedError(RunLockError):
 
 class RunLockLostError(RunLockError):
     """This process's lease expired and another run took the folder over."""
-
-
-def lease_seconds() -> float:
-    value = os.environ.get(LEASE_ENV)
-    try:
-        seconds = float(value) if value else DEFAULT_LEASE_S
-    except ValueError:
-        seconds = -1.0
-    if not seconds > 0:
-        raise ValueError(f"{LEASE_ENV}={value!r}: give the lease length in seconds (> 0)")
-    return seconds
 
 
 @dataclasses.dataclass(frozen=True)

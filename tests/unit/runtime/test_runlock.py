@@ -13,7 +13,7 @@ import time
 import pytest
 
 from alt_core import store
-from alt_core.runtime import runlock
+from alt_core.runtime import env, runlock
 from alt_core.runtime.runlock import RunLock, RunLockedError, RunLockError, RunLockLostError
 
 
@@ -188,9 +188,9 @@ def test_concurrent_acquisitions_have_one_winner(tmp_path):
 
 
 def test_the_lease_length_comes_from_the_environment(monkeypatch, tmp_path):
-    monkeypatch.setenv(runlock.LEASE_ENV, "12")
+    monkeypatch.setenv(env.LEASE_ENV, "12")
     assert RunLock(str(tmp_path)).lease_s == 12
-    monkeypatch.setenv(runlock.LEASE_ENV, "soon")
+    monkeypatch.setenv(env.LEASE_ENV, "soon")
     with pytest.raises(ValueError, match="ALT_RUN_LEASE_S='soon'"):
         RunLock(str(tmp_path))
 
