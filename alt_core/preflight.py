@@ -26,11 +26,19 @@ returned as notes, never silently skipped.
 
 A local run folder that does not exist is created and removed again by the check, so a
 failed preflight leaves nothing behind.
+
+A command that checks before it starts a flow in its own process (`alt run`, `alt
+resume`) does so inside `checked(...)`: while it runs, the flow's own preflight of the
+same config and folder (which a run started from the UI needs) returns at once instead
+of asking the store, the hub and the judge a second time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,9 +81,40 @@ class PreflightError(ValueError):
         super().__init__(text)
 
 
+# The checks that passed in this process, while the command that ran them runs its flow.
+_PASSED: set[tuple[str, str, bool]] = set()
+_PASSED_LOCK = threading.Lock()
+
+
+def _key(config: RunConfig | None, run_dir: str, writes: bool) -> tuple[str, str, bool]:
+    return (config.model_dump_json() if config is not None else "", run_dir, writes)
+
+
+@contextlib.contextmanager
+def checked(config: RunConfig | None, run_dir: str, *, writes: bool) -> Iterator[list[str]]:
+    """Run `preflight` and yield its notes; inside the block, a preflight of the same
+    config, folder and `writes` in this process passes without checking again (and
+    returns no notes: these were shown here)."""
+    notes = preflight(config, run_dir, writes=writes)
+    key = _key(config, run_dir, writes)
+    with _PASSED_LOCK:
+        held = key in _PASSED
+        _PASSED.add(key)
+    try:
+        yield notes
+    finally:
+        if not held:
+            with _PASSED_LOCK:
+                _PASSED.discard(key)
+
+
 def preflight(config: RunConfig | None, run_dir: str, *, writes: bool) -> list[str]:
     """Check the run folder and, with `writes` and a config, every input the run reads;
-    raise PreflightError listing every failure, else return notes on what was not checked."""
+    raise PreflightError listing every failure, else return notes on what was not checked.
+    Inside `checked(...)` of the same arguments: no check, no notes."""
+    with _PASSED_LOCK:
+        if _key(config, run_dir, writes) in _PASSED:
+            return []
     problems: list[Problem] = []
     notes: list[str] = []
     folder = _run_folder(run_dir) if writes else _readable_folder(run_dir)

@@ -20,11 +20,13 @@ the traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import logging
 import os
 import sys
 import traceback
+from collections.abc import Iterator
 from typing import Any
 
 from alt_core import store
@@ -40,7 +42,7 @@ from alt_core.config import (
     validate_config,
 )
 from alt_core.pipeline.layout import RunLayout
-from alt_core.preflight import PreflightError, preflight
+from alt_core.preflight import PreflightError, checked, preflight
 from alt_core.runtime import runlock
 from alt_core.runtime.faults import claim_run_group
 
@@ -120,6 +122,16 @@ def _check(config: RunConfig | None, run_dir: str, *, writes: bool) -> None:
     """Preflight (`alt_core.preflight`), its notes on stderr."""
     for note in preflight(config, run_dir, writes=writes):
         print(f"note: {note}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _checked(config: RunConfig, run_dir: str) -> Iterator[None]:
+    """Preflight before a run, its notes on stderr; the flow the block starts in this
+    process does not check the same again (`alt_core.preflight.checked`)."""
+    with checked(config, run_dir, writes=True) as notes:
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
+        yield
 
 
 def existing_config(run_dir: str) -> RunConfig | None:
@@ -308,14 +320,14 @@ def main(argv: list[str] | None = None) -> int:
             if config is None:
                 raise ConfigError(f"{args.run_dir} holds no run (no config.yaml); check the path")
             config = absolute_paths(config)
-            _check(config, args.run_dir, writes=True)
-            return execute(config, args.run_dir)
+            with _checked(config, args.run_dir):
+                return execute(config, args.run_dir)
         preset = args.preset or (None if args.config else "demo")
         config = absolute_paths(load_config(preset, args.config, args.overrides))
         run_dir = args.run_dir or _default_run_dir(config)
-        _check(config, run_dir, writes=True)
-        report_changed_config(run_dir, config)
-        return execute(config, run_dir)
+        with _checked(config, run_dir):
+            report_changed_config(run_dir, config)
+            return execute(config, run_dir)
     except (
         ConfigError,
         PreflightError,

@@ -320,6 +320,38 @@ def test_every_failure_is_listed_in_one_error(tmp_path, model_dir):
     assert str(caught.value).startswith("3 problems found before the run started:\n  - ")
 
 
+def test_a_flow_that_the_command_starts_does_not_check_again(tmp_path, model_dir, monkeypatch):
+    """`alt run` checks, then runs the alt_run flow in its process, which checks too (for
+    runs from the UI): inside `checked`, that second preflight of the same config and
+    folder asks nothing; another folder, and the same one after the block, are checked."""
+    from alt_core.config import absolute_paths, config_from_preset
+
+    config = absolute_paths(config_for(tmp_path, model_dir))
+    run_dir = str(tmp_path / "run")
+    calls: list[str] = []
+    folder_check = pf._run_folder
+    monkeypatch.setattr(pf, "_run_folder", lambda d: calls.append(d) or folder_check(d))
+    with pf.checked(config, run_dir, writes=True) as notes:
+        assert notes == [] and calls == [run_dir]
+        # What the flow checks: its config as flows.run.alt_run rebuilds it.
+        again = absolute_paths(config_from_preset(None, config))
+        assert preflight(again, run_dir, writes=True) == []
+        assert calls == [run_dir]
+        other = str(tmp_path / "other")
+        preflight(config, other, writes=True)
+        assert calls == [run_dir, other]
+    preflight(config, run_dir, writes=True)
+    assert calls == [run_dir, other, run_dir]
+
+
+def test_a_failed_check_marks_nothing(tmp_path, model_dir):
+    config = config_for(tmp_path, model_dir)
+    config.model.policy = str(tmp_path / "no-model")
+    with pytest.raises(PreflightError), pf.checked(config, str(tmp_path / "run"), writes=True):
+        pass
+    assert not pf._PASSED
+
+
 def test_an_error_needs_a_problem():
     with pytest.raises(ValueError):
         PreflightError([])

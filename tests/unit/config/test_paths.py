@@ -3,6 +3,7 @@ records where the files are and a run continued from another directory finds the
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -102,6 +103,7 @@ def captured(monkeypatch):
     # The preflight (its own tests: tests/unit/test_preflight.py) would ask the hub and
     # the judge the config names; only the paths the CLI hands on are under test here.
     monkeypatch.setattr(cli, "preflight", lambda *a, **k: [])
+    monkeypatch.setattr(cli, "checked", lambda *a, **k: contextlib.nullcontext([]))
     monkeypatch.setattr(cli, "execute", lambda config, run_dir: calls.update(run=(config, run_dir)))
     monkeypatch.setattr(
         cli, "show_status", lambda run_dir, *a, **k: calls.update(status=run_dir) or 0
