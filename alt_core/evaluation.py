@@ -37,11 +37,17 @@ def reference_nll(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(model_path)
-    # Safetensors only: a pickled pytorch_model.bin in a model folder is never read.
-    model = AutoModelForCausalLM.from_pretrained(model_path, use_safetensors=True).eval()
+    from alt_core.runtime.resident import kept_model
+
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device)
+
+    def load() -> tuple[Any, Any]:
+        # Safetensors only: a pickled pytorch_model.bin in a model folder is never read.
+        model = AutoModelForCausalLM.from_pretrained(model_path, use_safetensors=True).eval()
+        return model.to(device), AutoTokenizer.from_pretrained(model_path)
+
+    # Loaded once per kept worker (`sampling.engine_reuse`): the reference never changes.
+    model, tok = kept_model("reference", model_path, load)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     nll = np.zeros(len(prompts))
     count = np.zeros(len(prompts), dtype=np.int64)

@@ -15,6 +15,9 @@ BENCHES = [
     ("bench_sampling.py", ["--layers", "8", "--width", "512", "--dtype", "bfloat16"]),
     ("bench_judge.py", []),
     ("bench_resume.py", []),
+    # Kept engines against an engine per shard: the 3-iteration demo twice, and one
+    # sampling stage against a bare generate (about 25 minutes on 2 cores).
+    ("bench_engine_reuse.py", []),
 ]
 
 
@@ -26,7 +29,7 @@ def main() -> int:
             [sys.executable, str(HERE / name), *args], capture_output=True, text=True
         )
         lines = [ln for ln in done.stdout.splitlines() if ln.strip()]
-        print("\n".join(lines[-3:]) if lines else "(no output)", flush=True)
+        print("\n".join(lines[-5:]) if lines else "(no output)", flush=True)
         if done.returncode != 0:
             failed.append(name)
             print(done.stderr[-2000:], file=sys.stderr)

@@ -24,6 +24,7 @@ from alt_core.config import (
 )
 from alt_core.pipeline.layout import RunLayout
 from alt_core.preflight import preflight
+from alt_core.runtime import workers
 from alt_core.runtime.runlock import RunLock
 from tasks_lib.common import jobs_end_with_the_flow_run
 
@@ -61,7 +62,8 @@ def single_iteration(
             f"which {run_dir} does not hold ({previous}): run iteration {iteration - 1} first"
         )
     # A cancel or SIGTERM from Prefect's runner ends the jobs too (runtime.stop).
-    with jobs_end_with_the_flow_run(), RunLock(run_dir):  # one run per folder (runtime.runlock)
+    # One run per folder (runtime.runlock); its kept engines end with it (runtime.workers).
+    with jobs_end_with_the_flow_run(), RunLock(run_dir), workers.kept_for_the_run():
         inputs = stages.prepare_run(run_config, run_dir)
         return alt_iteration(run_config, run_dir, iteration, inputs)
 

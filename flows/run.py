@@ -12,6 +12,7 @@ from alt_core.config import RunConfig, RunSettings, absolute_paths, absolute_uri
 from alt_core.pipeline.layout import RunLayout
 from alt_core.preflight import preflight
 from alt_core.report.html import format_cell
+from alt_core.runtime import workers
 from alt_core.runtime.runlock import RunLock
 from flows.iteration import alt_iteration, evaluate_policy
 from tasks_lib import stages
@@ -97,7 +98,8 @@ def alt_run(config: RunSettings, run_dir: str, preset: str | None = None) -> lis
     for note in preflight(run_config, run_dir, writes=True):  # before anything is written
         print(f"note: {note}")
     # A cancel or SIGTERM from Prefect's runner ends the jobs too (runtime.stop).
-    with jobs_end_with_the_flow_run(), RunLock(run_dir):  # one run per folder (runtime.runlock)
+    # One run per folder (runtime.runlock); its kept engines end with it (runtime.workers).
+    with jobs_end_with_the_flow_run(), RunLock(run_dir), workers.kept_for_the_run():
         return run_all(run_config, run_dir)
 
 

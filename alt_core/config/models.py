@@ -180,6 +180,20 @@ class SamplingConfig(StrictModel):
     max_num_seqs: Count = Field(
         256, gt=0, le=MAX_BATCH, description="vLLM's cap on sequences in one batch."
     )
+    engine_reuse: bool = Field(
+        True,
+        description="Start each engine once per run: one kept vLLM engine per device slot "
+        "serves every sampling stage, switching to each new policy in place (checked "
+        "against a probe), and the reference-perplexity scorer and a reward model stay "
+        "loaded. Off: a process and an engine per shard. Never changes the samples.",
+    )
+    sleep_level: Literal[0, 1, 2] = Field(
+        1,
+        description="GPU only: how a kept engine sleeps between its jobs, so that a training "
+        "on the same GPU gets the memory (vLLM sleep mode). 1: weights to host memory, KV "
+        "cache freed; 2: both freed, the weights reloaded on waking; 0: no sleep. No-op "
+        "on the CPU.",
+    )
 
 
 Provider = Literal[

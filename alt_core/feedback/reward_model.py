@@ -9,6 +9,8 @@ CPU. The model is any `AutoModelForSequenceClassification` checkpoint with one l
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
@@ -22,6 +24,7 @@ from alt_core.feedback.base import (
     reason_where,
     score_in_batches,
 )
+from alt_core.runtime.resident import kept_model
 
 
 class RewardModelError(RuntimeError):
@@ -60,8 +63,13 @@ class RewardModelProvider(FeedbackProvider):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         path = str(store.local_dir(model, scratch)) if store.is_remote(model) else model
-        self.tokenizer, self.model = _load(path, dtype, trust_remote_code)
-        self.model.to(self.device).eval()
+
+        def load() -> tuple[Any, Any]:
+            tokenizer, model = _load(path, dtype, trust_remote_code)
+            return tokenizer, model.to(self.device).eval()
+
+        # Loaded once per kept worker (`sampling.engine_reuse`), scoring every stage.
+        self.tokenizer, self.model = kept_model("reward_model", path, load)
 
     @classmethod
     def from_config(cls, config: RunConfig) -> RewardModelProvider:

@@ -38,6 +38,10 @@ THROUGHPUT_ONLY: tuple[str, ...] = (
     "sampling.cpu_kvcache_gib",
     "sampling.enforce_eager",
     "sampling.max_num_seqs",
+    # Whether engines are kept for the run, and how they sleep between jobs: a kept
+    # engine serves exactly the samples a fresh one would (`sampling.engines`).
+    "sampling.engine_reuse",
+    "sampling.sleep_level",
     # Reward-model and perplexity batch sizes (rows are scored independently), feedback
     # shards at once.
     "feedback.batch_size",

@@ -208,6 +208,7 @@ def sample(config: RunConfig, node: Node, fp: str, env: StageEnv) -> dict[str, A
             env={**slot.env, **spec.engine.process_env()},
             num_threads=slot.num_threads,
             log=env.job_log(node.name, update),
+            keep=s.engine_reuse,
         )
     update(100.0)
     env.log(f"{node.name}: {result}")
@@ -224,7 +225,7 @@ def feedback(config: RunConfig, node: Node, fp: str, env: StageEnv) -> dict[str,
         with slot_pool("feedback", config.feedback.concurrency).slot() as slot:
             result = run_job(
                 "feedback", spec, name=node.name, env=slot.env,
-                num_threads=slot.num_threads, log=log,
+                num_threads=slot.num_threads, log=log, keep=config.sampling.engine_reuse,
             )  # fmt: skip
     else:
         # No device, so no slot: the task runner bounds how many run at once.
@@ -409,6 +410,7 @@ def perplexity(config: RunConfig, node: Node, fp: str, env: StageEnv) -> dict[st
         result = run_job(
             "perplexity", spec, name="perplexity", env=slot.env,
             num_threads=slot.num_threads, log=env.job_log("perplexity", update),
+            keep=config.sampling.engine_reuse,
         )  # fmt: skip
     update(100.0)
     return result

@@ -8,6 +8,7 @@ the result.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import traceback
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from alt_core.runtime.launcher import Job, write_result
+from alt_core.runtime.workers import DONE_MARK
 
 
 def _sample(spec: dict[str, Any]) -> dict[str, Any]:
@@ -60,12 +62,9 @@ RUNNERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: python -m alt_core.runtime.entry JOB.json", file=sys.stderr)  # noqa: T201
-        return 2
-    job = Job.model_validate_json(Path(argv[0]).read_text())
+def run(job: Job) -> int:
+    """Run one job: 0 and its result file written, or 1 with the cause as the last
+    lines of its output."""
     if job.num_threads:
         import torch
 
@@ -83,6 +82,40 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("RANK", "0") == "0":
         write_result(job.result_path, result)
     return 0
+
+
+def serve() -> int:
+    """A kept worker (`runtime.workers`): run the jobs named on stdin one after another,
+    keeping what they load (`runtime.resident`), until told to exit or stdin closes.
+    A failed job ends the worker: what it had loaded may be broken."""
+    from alt_core.runtime import resident
+
+    resident.start_serving()
+    try:
+        for line in sys.stdin:
+            command = json.loads(line)
+            if command.get("op") == "exit":
+                break
+            rc = run(Job.model_validate_json(Path(command["path"]).read_text()))
+            if rc == 0:
+                resident.between_jobs()
+            sys.stderr.flush()
+            print(f"{DONE_MARK}{json.dumps({'rc': rc})}", flush=True)  # noqa: T201
+            if rc:
+                return rc
+    finally:
+        resident.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv == ["--serve"]:
+        return serve()
+    if len(argv) != 1:
+        print("usage: python -m alt_core.runtime.entry JOB.json | --serve", file=sys.stderr)  # noqa: T201
+        return 2
+    return run(Job.model_validate_json(Path(argv[0]).read_text()))
 
 
 if __name__ == "__main__":

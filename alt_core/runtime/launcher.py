@@ -39,7 +39,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from alt_core.runtime import stop
+from alt_core.runtime import stop, workers
 
 JobKind = Literal["sample", "feedback", "perplexity", "train"]
 ENTRY_MODULE = "alt_core.runtime.entry"
@@ -109,8 +109,11 @@ def run_job(
     log: Callable[[str], None] = print,
     prefix: Sequence[str] | None = None,
     tail_lines: int = 40,
+    keep: bool = False,
 ) -> dict[str, Any]:
     """Run one job in a child process (see the module docstring); return its result.
+    With `keep`, the job goes to the kept worker of its slot (`runtime.workers`), which
+    runs it the same way and lives on with what it loaded.
 
     Raises WorkerError with the exit status and the last output lines when the child
     fails or ends without a result, and StopRequested (`runtime.stop`) instead when the
@@ -126,6 +129,8 @@ def run_job(
         job_path = Path(tmp) / "job.json"
         job_path.write_text(job.model_dump_json())
         tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
+        if keep and prefix is None and workers.reuse_possible():
+            return _run_kept(job, job_path, name, env, num_threads, log, tail)
         start = functools.partial(
             subprocess.Popen,
             entry_command(job_path, prefix),
@@ -151,11 +156,56 @@ def run_job(
         if returncode == 0 and result_file.exists():
             return json.loads(result_file.read_text())
         stop.check(f"{name} ({describe_exit(returncode)})")
+    raise _failed(name, returncode, tail)
+
+
+def _failed(name: str, returncode: int, tail: collections.deque[str]) -> WorkerError:
     cause = "\n".join(tail) or "(no output)"
     how = describe_exit(returncode) if returncode else "exited without a result"
-    raise WorkerError(
+    return WorkerError(
         f"{name} failed (exit code {returncode}): it {how}. Last output:\n{cause}", returncode
     )
+
+
+def serve_command() -> list[str]:
+    """A kept worker's command: the entry module, serving jobs from its stdin."""
+    return [sys.executable, "-m", ENTRY_MODULE, "--serve"]
+
+
+def _run_kept(
+    job: Job,
+    job_path: Path,
+    name: str,
+    env: Mapping[str, str] | None,
+    num_threads: int | None,
+    log: Callable[[str], None],
+    tail: collections.deque[str],
+) -> dict[str, Any]:
+    """`run_job` through the slot's kept worker; a worker that ends during the job is
+    dropped (the next job of the slot starts a new one) and the job fails as a one-off
+    job's process would."""
+    slot_env = dict(env or {})
+    worker = workers.worker_for(
+        job.kind,
+        slot_env,
+        num_threads,
+        lambda key: workers.KeptWorker(key, serve_command(), child_env(slot_env)),
+    )
+    with worker.lock:
+        try:
+            worker.run(job_path, log, tail)
+        except workers.WorkerGone as gone:
+            workers.forget(worker)
+            stop.check(f"{name} ({describe_exit(gone.returncode)})")
+            raise _failed(name, gone.returncode, tail) from None
+        except BaseException:
+            # The parent is being stopped mid-job: the worker goes with it.
+            workers.forget(worker)
+            raise
+    result_file = Path(job.result_path)
+    if not result_file.exists():
+        raise _failed(name, 0, tail)
+    return json.loads(result_file.read_text())
 
 
 def kill_process_group(proc: subprocess.Popen) -> None:

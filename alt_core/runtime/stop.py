@@ -98,19 +98,30 @@ def start_job(start: Callable[[], subprocess.Popen], name: str) -> Iterator[subp
     """Start a job's process with `start` (in a session of its own) and keep it known
     while the caller runs it; refused with StopRequested once the run is stopping. The
     check and the start hold one lock, so no job starts after a stop request was seen."""
+    proc = start_process(start, name)
+    try:
+        yield proc
+    finally:
+        end_process(proc)
+
+
+def start_process(start: Callable[[], subprocess.Popen], name: str) -> subprocess.Popen:
+    """`start_job` for a process that outlives one call (a kept engine of
+    `runtime.workers`): known, and so stopped with the run, until `end_process`."""
     with _STATE.lock:
         if _STATE.signum is not None:
             raise StopRequested(f"{name} was not started: the run was {_stopped_by()}")
         proc = start()
         _STATE.jobs[proc.pid] = (proc, name)
-    try:
-        yield proc
-    finally:
-        with _STATE.lock:
-            _STATE.jobs.pop(proc.pid, None)
-        # Whatever is left of the job's group (an engine process whose parent exited)
-        # goes with it.
-        _signal_group(proc.pid, signal.SIGKILL)
+    return proc
+
+
+def end_process(proc: subprocess.Popen) -> None:
+    """Forget a process of `start_process` and SIGKILL whatever is left of its group (an
+    engine process whose parent exited)."""
+    with _STATE.lock:
+        _STATE.jobs.pop(proc.pid, None)
+    _signal_group(proc.pid, signal.SIGKILL)
 
 
 @contextlib.contextmanager
@@ -181,9 +192,11 @@ def finish_jobs(grace_s: float = GRACE_S) -> bool:
 def _alive() -> bool:
     with _STATE.lock:
         procs = [proc for proc, _ in _STATE.jobs.values()]
-    # The thread that runs a job reaps it; a group whose leader was reaped is gone from
-    # the table already (start_job SIGKILLs what is left of it).
-    return any(_group_exists(proc.pid) for proc in procs)
+    # The thread that runs a job reaps it; a kept engine between jobs has no such thread,
+    # so its leader is reaped here (a zombie leader would keep its group "existing").
+    # A group whose leader was reaped is gone from the table already (`end_process`
+    # SIGKILLs what is left of it) or still holds its engine's processes.
+    return any(proc.poll() is None or _group_exists(proc.pid) for proc in procs)
 
 
 def _group_exists(pgid: int) -> bool:

@@ -45,8 +45,21 @@ def _on_gpu() -> bool:
 class VLLMBackend:
     """vLLM's offline engine; imported here only, so alt_core imports without vLLM."""
 
-    def __init__(self, model_path: str, engine: EngineSettings, seed: int, max_prompt_tokens: int):
+    def __init__(
+        self,
+        model_path: str,
+        engine: EngineSettings,
+        seed: int,
+        max_prompt_tokens: int,
+        kept: bool = False,
+    ):
         extra: dict[str, Any] = {}
+        if kept:
+            # A kept engine (`sampling.engines`) switches checkpoints in place through
+            # these worker methods, and sleeps between jobs on a GPU.
+            extra["worker_extension_cls"] = "alt_core.sampling.engine_ext.EngineExtension"
+            if _on_gpu() and engine.sleep_level:
+                extra["enable_sleep_mode"] = True
         dtype = engine.dtype
         if not _on_gpu():
             # vLLM's own "auto" is bfloat16 on CPUs; sample in the precision the trainer
@@ -74,6 +87,16 @@ class VLLMBackend:
             load_format="safetensors",
             **extra,
         )
+
+    def close(self) -> None:
+        """Shut the engine's processes down (a kept engine that is replaced)."""
+        import gc
+
+        engine_core = getattr(self.llm.llm_engine, "engine_core", None)
+        if engine_core is not None and hasattr(engine_core, "shutdown"):
+            engine_core.shutdown()
+        del self.llm
+        gc.collect()
 
     def generate(
         self,

@@ -17,7 +17,8 @@ import pandas as pd
 from alt_core import store
 from alt_core.runtime.faults import crash_if, shard_point
 from alt_core.runtime.progress import ProgressLog
-from alt_core.sampling.backends import Generation, make_backend
+from alt_core.sampling.backends import Generation
+from alt_core.sampling.engines import backend_for
 from alt_core.sampling.spec import SampleSpec
 from alt_core.schemas import PROMPTS, SAMPLES, require_columns
 
@@ -72,19 +73,25 @@ def sample_shard(spec: SampleSpec, log: Callable[[str], None] = print) -> dict[s
     )
     seeds = [spec.seed * 1_000_003 + spec.start + i for i in range(len(prompts))]
     t0 = time.perf_counter()
-    backend = make_backend(spec)
+    backend, how = backend_for(spec, log)
     t1 = time.perf_counter()
-    log(f"engine ready in {t1 - t0:.1f}s; generating {len(prompts)} prompts x {spec.params.n}")
+    log(
+        f"engine ready ({how}) in {t1 - t0:.1f}s; "
+        f"generating {len(prompts)} prompts x {spec.params.n}"
+    )
     progress = ProgressLog(len(prompts), "prompts", log)
     generations = backend.generate(prompt_ids, spec.params, seeds, progress)
     t2 = time.perf_counter()
     df = samples_frame(prompts.reset_index(drop=True), generations)
     crash_if(shard_point(spec.output_uri))
-    store.write_table(spec.output_uri, df, meta={"fingerprint": spec.fingerprint})
+    # How the engine came ("fresh", "kept", "switched") is kept in the commit record, not
+    # in the table: the samples are the same either way.
+    store.write_table(spec.output_uri, df, meta={"fingerprint": spec.fingerprint, "engine": how})
     tokens = int(df["num_tokens"].sum())
     return {
         "rows": len(df),
         "tokens": tokens,
+        "engine": how,
         "engine_s": round(t1 - t0, 2),
         "generate_s": round(t2 - t1, 2),
         "tokens_per_s": round(tokens / max(t2 - t1, 1e-9), 1),

@@ -63,6 +63,8 @@ class EngineSettings(_Spec):
     max_num_seqs: int
     dtype: Dtype
     trust_remote_code: bool
+    reuse: bool
+    sleep_level: int
 
     @classmethod
     def from_config(cls, config: RunConfig) -> EngineSettings:
@@ -75,6 +77,8 @@ class EngineSettings(_Spec):
             max_num_seqs=s.max_num_seqs,
             dtype=config.model.dtype,
             trust_remote_code=config.model.trust_remote_code,
+            reuse=s.engine_reuse,
+            sleep_level=s.sleep_level,
         )
 
     def process_env(self) -> dict[str, str]:

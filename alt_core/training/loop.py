@@ -36,6 +36,7 @@ import torch
 
 from alt_core.config import TrainingConfig
 from alt_core.losses import IGNORE_INDEX, conditional_sft_loss
+from alt_core.sampling import probe
 from alt_core.store import read_table, write_json
 from alt_core.training.data import (
     TABLE_COLUMNS,
@@ -350,7 +351,9 @@ def _run_epochs(
 
 def _save_model(loop: _Loop, tokenizer: Any, output_dir: str) -> None:
     """Save a standard Hugging Face checkpoint (safetensors) that vLLM and transformers load."""
-    # Every process must call this: under ZeRO-3 the weights are gathered collectively.
+    # Every process must call this: under ZeRO-3 the weights are gathered collectively
+    # (and the probe's forward pass runs on every rank).
+    record = _probe_record(loop, tokenizer)
     state_dict = loop.accelerator.get_state_dict(loop.model)
     if loop.dist.is_main:
         out = Path(output_dir)
@@ -361,7 +364,24 @@ def _save_model(loop: _Loop, tokenizer: Any, output_dir: str) -> None:
         unwrapped = loop.accelerator.unwrap_model(loop.model)
         unwrapped.save_pretrained(out, state_dict=state_dict, **save_kwargs())
         tokenizer.save_pretrained(out)
+        probe.write(out, *record)
     loop.dist.barrier()
+
+
+def _probe_record(loop: _Loop, tokenizer: Any) -> tuple[list[int], list[float], str]:
+    """The probe's log-probabilities under the weights being saved, by this model's own
+    forward pass: what a kept sampling engine that switches to them must reproduce
+    (`alt_core.sampling.engines`)."""
+    ids = probe.probe_ids(tokenizer)
+    model = loop.model
+    was_training = model.training
+    model.eval()
+    try:
+        logprobs = probe.torch_logprobs(model, ids, loop.accelerator.device)
+    finally:
+        model.train(was_training)
+    dtype = str(next(loop.accelerator.unwrap_model(model).parameters()).dtype)
+    return ids, logprobs, dtype
 
 
 def _summarise(progress: Progress, **extra: Any) -> dict[str, Any]:

@@ -63,7 +63,12 @@ def tiny_corpus(n: int = 400, seed: int = 0) -> list[str]:
 
 
 def build_tiny_model(
-    out_dir: Path, seed: int = 0, n_layer: int = 2, n_embd: int = 64, n_head: int = 2
+    out_dir: Path,
+    seed: int = 0,
+    n_layer: int = 2,
+    n_embd: int = 64,
+    n_head: int = 2,
+    n_positions: int = 128,
 ) -> Path:
     """Save a randomly initialised GPT-2 (2 layers by default) and a byte-level BPE
     tokenizer. vLLM's CPU build wants a head size of 32 or 64 (n_embd / n_head)."""
@@ -93,7 +98,7 @@ def build_tiny_model(
     torch.manual_seed(seed)
     config = GPT2Config(
         vocab_size=len(fast),
-        n_positions=128,
+        n_positions=n_positions,
         n_embd=n_embd,
         n_layer=n_layer,
         n_head=n_head,
