@@ -162,7 +162,7 @@ def switch(engine: _Engine, model_path: str, log: Callable[[str], None] = print)
         return f"the checkpoint has no {probe.PROBE_FILE} to check the switch against"
     t0 = time.perf_counter()
     got = _load_weights(engine, model_path, record["token_ids"])
-    problem = probe.check(got, record, engine.record)
+    problem = probe.check(got, record, engine.record, _dtype(engine))
     if problem is None:
         log(
             f"kept engine: switched to {model_path} in {time.perf_counter() - t0:.1f}s "
@@ -195,6 +195,11 @@ def engine_probe(backend: VLLMBackend, ids: list[int]) -> list[float]:
     for token, entry in zip(ids[1:], lps[1:], strict=True):
         values.append(float(entry[token].logprob) if entry and token in entry else float("nan"))
     return values
+
+
+def _dtype(engine: _Engine) -> str:
+    """The dtype the engine computes in, as torch names it ("torch.float32")."""
+    return str(engine.backend.llm.llm_engine.model_config.dtype)
 
 
 def _probe_ids(model_path: str) -> list[int]:

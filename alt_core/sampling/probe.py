@@ -72,12 +72,17 @@ def distance(a: list[float], b: list[float]) -> float:
 
 
 def check(
-    engine: list[float], record: dict[str, Any], previous: dict[str, Any] | None = None
+    engine: list[float],
+    record: dict[str, Any],
+    previous: dict[str, Any] | None = None,
+    engine_dtype: str = "torch.float32",
 ) -> str | None:
     """Why the engine's probe does not prove it serves the recorded checkpoint, or None.
-    Besides agreeing within the tolerance, it must be nearer to this checkpoint than to
-    the `previous` one, when the two differ by more than the tolerance."""
-    tol = TOLERANCE["float32" if record.get("dtype") == "torch.float32" else "other"]
+    Besides agreeing within the tolerance (the fp32 one only when both the trainer and
+    the engine computed in fp32), it must be nearer to this checkpoint than to the
+    `previous` one, when the two differ by more than the tolerance."""
+    fp32 = record.get("dtype") == engine_dtype == "torch.float32"
+    tol = TOLERANCE["float32" if fp32 else "other"]
     gap = distance(engine, record["logprobs"])
     if gap > tol:
         return f"the probe's log-probabilities differ by {gap:.2g} on average (allowed {tol:g})"

@@ -63,6 +63,9 @@ def test_probe_check():
     assert probe.check([-1.05, -2.05], half, previous) is None
     assert "previous checkpoint" in probe.check([-1.09, -2.09], half, previous)
     assert probe.check([-1.09, -2.09], half, None) is None
+    # A 16-bit engine is allowed as much against an fp32 trainer.
+    assert probe.check([-1.05, -2.05], record, None, engine_dtype="torch.bfloat16") is None
+    assert probe.check([-1.05, -2.05], record, None) is not None
 
 
 def test_probe_record_round_trip(tmp_path):
