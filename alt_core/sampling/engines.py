@@ -32,7 +32,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +97,7 @@ class _Engine:
     record: dict[str, Any] | None  # the trainer's probe record of the loaded weights
     own_probe: list[float] | None  # the engine's probe of them
     sleep_level: int
+    processes: list[Any] = field(default_factory=list)  # psutil.Process of the engine
     asleep: bool = False
 
 
@@ -117,6 +118,7 @@ def backend_for(
         _close()
         engine = None
     if engine is not None:
+        check_alive(engine)
         _wake(engine, log)
         if engine.weights == resident.weights_id(spec.model_path):
             _reset(engine)
@@ -130,6 +132,9 @@ def backend_for(
 
 
 def _start(spec: SampleSpec, settings: tuple[Any, ...]) -> VLLMBackend:
+    import psutil
+
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
     backend = VLLMBackend(
         spec.model_path, spec.engine, spec.seed, spec.params.max_prompt_tokens, kept=True
     )
@@ -144,6 +149,8 @@ def _start(spec: SampleSpec, settings: tuple[Any, ...]) -> VLLMBackend:
         engine_probe(backend, ids),
         spec.engine.sleep_level if _on_gpu() else 0,
     )
+    # The processes the engine started (its engine core and workers).
+    engine.processes = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
     _reset(engine)
     _ENGINE["kept"] = engine
     resident.put(
@@ -151,6 +158,24 @@ def _start(spec: SampleSpec, settings: tuple[Any, ...]) -> VLLMBackend:
         resident.Kept(engine, sleep=lambda: _sleep(engine), wake=None, close=_close),
     )
     return backend
+
+
+def check_alive(engine: _Engine) -> None:
+    """Raise if a process of the kept engine died since its last shard (an OOM kill): a
+    dead engine can leave `generate` waiting forever, so the job fails instead, its
+    worker ends, and the stage's retry gets a new worker with a fresh engine."""
+    import psutil
+
+    for proc in engine.processes:
+        try:
+            alive = proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            alive = False
+        if not alive:
+            raise RuntimeError(
+                f"the kept engine's process {proc.pid} has died; a fresh engine will serve "
+                f"the shard's retry"
+            )
 
 
 def switch(engine: _Engine, model_path: str, log: Callable[[str], None] = print) -> str | None:

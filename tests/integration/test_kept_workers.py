@@ -131,7 +131,7 @@ def test_a_crashed_engine_is_replaced_by_a_fresh_one(tmp_path, tiny_model_dir):
         assert engine_procs, "the kept engine runs no process of its own"
         for proc in engine_procs:
             proc.kill()
-        with pytest.raises(WorkerError, match="sampling failed|exited|killed"):
+        with pytest.raises(WorkerError, match="kept engine.s process .* has died"):
             run_job("sample", out("second"), name="s", env=env, log=lambda _: None, keep=True)
         assert workers.kept() == []
         run_job("sample", out("third"), name="s", env=env, log=lambda _: None, keep=True)
