@@ -49,10 +49,9 @@ CLOSE_WAIT_S = 15.0
 class WorkerGone(RuntimeError):
     """The kept worker ended during a job (crashed, was killed, or failed the job)."""
 
-    def __init__(self, returncode: int, failed: bool):
+    def __init__(self, returncode: int):
         super().__init__(f"kept worker ended with code {returncode}")
         self.returncode = returncode
-        self.failed = failed
 
 
 def reuse_possible() -> bool:
@@ -90,18 +89,18 @@ class KeptWorker:
             self.proc.stdin.write(json.dumps({"op": "job", "path": str(job_path)}) + "\n")
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
-            raise WorkerGone(self.proc.wait(), failed=False) from None
+            raise WorkerGone(self.proc.wait()) from None
         self.jobs += 1
         for line in self.proc.stdout:
             line = line.rstrip("\n")
             if line.startswith(DONE_MARK):
                 rc = int(json.loads(line[len(DONE_MARK) :])["rc"])
                 if rc != 0:
-                    raise WorkerGone(self.proc.wait(), failed=True)
+                    raise WorkerGone(self.proc.wait())
                 return rc
             tail.append(line)
             log(line)
-        raise WorkerGone(self.proc.wait(), failed=False)
+        raise WorkerGone(self.proc.wait())
 
     def close(self, wait_s: float = CLOSE_WAIT_S) -> None:
         """Ask the worker to exit (its engines shut down cleanly), then end its group."""

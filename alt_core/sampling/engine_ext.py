@@ -8,7 +8,6 @@ top.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 
@@ -34,14 +33,6 @@ class EngineExtension:
         if method is not None and hasattr(method, "process_weights_after_loading"):
             method.process_weights_after_loading(head)
         return True
-
-    def alt_weights_digest(self) -> str:
-        """A SHA-256 of every parameter, by name (a test's view of what is loaded)."""
-        digest = hashlib.sha256()
-        for name, param in sorted(self.model_runner.get_model().named_parameters()):
-            digest.update(name.encode())
-            digest.update(param.detach().float().cpu().contiguous().numpy().tobytes())
-        return digest.hexdigest()
 
 
 def _is_input_embedding(model: Any, weight: Any) -> bool:

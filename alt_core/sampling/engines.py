@@ -38,7 +38,7 @@ from typing import Any
 
 from alt_core.runtime import resident
 from alt_core.sampling import probe
-from alt_core.sampling.backends import SamplingBackend, VLLMBackend, make_backend
+from alt_core.sampling.backends import SamplingBackend, VLLMBackend, _on_gpu, make_backend
 from alt_core.sampling.spec import SampleSpec
 
 KEY = ("sampling-engine",)
@@ -266,9 +266,3 @@ def _close() -> None:
     resident.forget(KEY)
     if engine is not None:
         engine.backend.close()
-
-
-def _on_gpu() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
