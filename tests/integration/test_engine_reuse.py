@@ -16,13 +16,18 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 _TIMES = {"train_sample_s", "train_feedback_s", "datapool_s", "train_s", "eval_s", "reused"}
 
 
+# The policies the engine serves: the base (iteration 0's evaluation, iteration 1's
+# train sampling), then iteration 1's checkpoint (its evaluation): fresh, kept, switched.
+_TABLES = [(0, "eval"), (1, "train"), (1, "eval")]
+
+
 def _run(tmp_path, model_dir, name: str, reuse: bool):
     from flows.run import alt_run
 
     config = tiny_run_config(
         tmp_path,
         model_dir,
-        iterations=2,
+        iterations=1,
         sampling={
             "num_generations": 4, "max_new_tokens": 12, "num_shards": 2, "concurrency": 1,
             "engine_reuse": reuse,
@@ -37,7 +42,7 @@ def _run(tmp_path, model_dir, name: str, reuse: bool):
 def _samples(run_dir: str) -> dict[str, pd.DataFrame]:
     layout = RunLayout(run_dir)
     tables = {}
-    for k, phase in [(0, "eval"), (1, "train"), (1, "eval"), (2, "train"), (2, "eval")]:
+    for k, phase in _TABLES:
         for i in range(2):
             uri = layout.shard(k, f"{phase}_samples", i)
             if store.is_committed(uri):
@@ -48,7 +53,7 @@ def _samples(run_dir: str) -> dict[str, pd.DataFrame]:
 def _engines(run_dir: str) -> list[str]:
     return [
         store.commit_info(RunLayout(run_dir).shard(k, f"{phase}_samples", i))["meta"]["engine"]
-        for k, phase in [(0, "eval"), (1, "train"), (1, "eval"), (2, "train"), (2, "eval")]
+        for k, phase in _TABLES
         for i in range(2)
     ]
 
@@ -63,9 +68,10 @@ def test_kept_engines_commit_what_fresh_engines_do(tmp_path, tiny_model_dir, pre
     engines = _engines(kept_dir)
     print("engines with reuse:", engines)
     assert engines.count("fresh") == 1  # the first shard to run (either of iteration 0's)
-    assert engines.count("switched") == 2  # iteration 1's and 2's policies, at their eval
+    assert engines.count("switched") == 1  # iteration 1's policy, at its evaluation
+    assert engines.count("kept") == 4  # the other shards of the same policy
     fresh, kept = _samples(fresh_dir), _samples(kept_dir)
-    assert fresh.keys() == kept.keys() and len(fresh) == 10
+    assert fresh.keys() == kept.keys() and len(fresh) == 6
     for key in fresh:
         pd.testing.assert_frame_equal(fresh[key], kept[key], check_exact=True, obj=key)
     strip = lambda rows: [{k: v for k, v in r.items() if k not in _TIMES} for r in rows]  # noqa: E731
